@@ -1,0 +1,324 @@
+"""Runs a stack's steps on one host or a fleet: lock, timing, undo on failure, health
+gate, release log, prune, unlock, and one summary with one exit code.
+
+Hosts run one after another (a fleet shares one release id). A host that fails is
+rolled back and the hosts after it are not touched.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from . import errors
+from .errors import LockHeld, ShipfabError, UsageError
+from .inventory import App, Target
+from .layout import Layout
+from .output import Printer, table
+from .release import Release, new_release_id, who
+from .remote import Remote
+from .stacks import stack_for
+from .stacks.base import Stack
+from .steps import lock, prune, release_log
+from .steps.host_state import HostState, read_state
+from .steps.rollback import rollback_target
+from .steps.switch_release import switch_release
+
+
+@dataclass(frozen=True)
+class Options:
+    ref: str | None = None
+    dry_run: bool = False
+    full_restart: bool = False
+    verbosity: int = 1
+
+
+@dataclass
+class HostRun:
+    """One host's part of a run: its connection, its release, its timings and outcome."""
+
+    target: Target
+    remote: Remote
+    printer: Printer
+    options: Options
+    release: Release = field(default_factory=lambda: Release(id="", ref=""))
+    state: HostState = field(default_factory=lambda: HostState(current="", releases=()))
+    timings: dict[str, float] = field(default_factory=dict)
+    status: str = "pending"
+    code: int = errors.OK
+    reason: str = ""
+
+    @property
+    def app(self) -> App:
+        return self.target.app
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.target.app.deploy_to)
+
+    @property
+    def stack(self) -> Stack:
+        return stack_for(self.target.app.stack)
+
+    def timed(self, name: str, fn: Callable[[], str | None]) -> str | None:
+        """Run one step, print `[host] step ok 0.12s (detail)` or FAILED, record the time."""
+        started = time.monotonic()
+        try:
+            detail = fn()
+        except BaseException:
+            elapsed = self.timings[name] = time.monotonic() - started
+            self.printer.line(f"{name:<15} FAILED {elapsed:.2f}s", self.remote.host, level=0)
+            raise
+        elapsed = self.timings[name] = time.monotonic() - started
+        suffix = f" ({detail})" if detail else ""
+        self.printer.line(f"{name:<15} ok {elapsed:.2f}s{suffix}", self.remote.host)
+        return detail
+
+    def fail(self, status: str, code: int, reason: str) -> None:
+        self.status, self.code, self.reason = status, code, reason
+
+
+def make_runs(targets: list[Target], printer: Printer, options: Options) -> list[HostRun]:
+    return [HostRun(t, Remote(t, printer, options.dry_run), printer, options) for t in targets]
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (Ctrl-C)"
+    return str(exc) or type(exc).__name__
+
+
+# ---------------------------------------------------------------- deploy
+
+
+def deploy(targets: list[Target], printer: Printer, options: Options) -> int:
+    """Deploy `options.ref` to every target under one release id; returns the exit code."""
+    runs = make_runs(targets, printer, options)
+    try:
+        for run in runs:
+            run.state = read_state(run.remote, run.layout)
+        release_id = new_release_id([r for run in runs for r in run.state.releases])
+        printer.line(f"release {release_id}{' (dry run: nothing will change)' if options.dry_run else ''}")
+        for i, run in enumerate(runs):
+            run.release = Release(id=release_id, ref=options.ref or run.app.branch, previous=run.state.current)
+            interrupted = _deploy_host(run)
+            if run.code != errors.OK or interrupted:
+                for later in runs[i + 1:]:
+                    later.fail("skipped", errors.OK, "not started: an earlier host failed")
+                break
+    except ShipfabError as exc:
+        failed = next((r for r in runs if r.status == "pending"), runs[0])
+        failed.fail("failed", exc.exit_code, str(exc))
+    finally:
+        for run in runs:
+            run.remote.close()
+    return summarize(runs, printer, "deploy")
+
+
+def _deploy_host(run: HostRun) -> bool:
+    """Deploy on one host; fills run.status/code/reason. Returns True when interrupted."""
+    layout, release = run.layout, run.release
+    started = _now()
+    try:
+        run.timed("lock", lambda: lock.acquire(run.remote, layout, release.ref))
+    except LockHeld as exc:
+        run.fail("locked", exc.exit_code, str(exc))
+        return False
+    except ShipfabError as exc:
+        run.fail("failed", errors.FAILED_ROLLED_BACK, f"nothing changed: {exc}")
+        return False
+    interrupted = False
+    try:
+        try:
+            for step in run.stack.deploy_steps:
+                run.timed(step.name, lambda step=step: step.run(run))
+        except BaseException as exc:  # Ctrl-C included: undo, then report
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            if not isinstance(exc, (ShipfabError, KeyboardInterrupt)):
+                raise
+            _undo(run, _reason(exc))
+        else:
+            run.status = "success"
+        _finish(run, started)
+    finally:
+        _unlock(run)
+    return interrupted
+
+
+def _undo(run: HostRun, reason: str) -> None:
+    """Put the host back as it was: switch back + reload, drop the failed release."""
+    release, layout = run.release, run.layout
+    run.printer.line(f"undo: {reason}", run.remote.host, level=0)
+    try:
+        if release.switched and release.previous:
+            run.timed("undo_switch", lambda: switch_release(run.remote, layout, release.previous) or release.previous)
+            run.timed("undo_activate", lambda: run.stack.activate(run, release.previous))
+        elif release.switched:
+            run.fail("failed", errors.FAILED_MANUAL_ACTION,
+                     f"{reason}; this was the first release on the host, there is nothing to switch back to: "
+                     f"fix the app and deploy again")
+            return
+        run.remote.run(f"rm -rf -- {shlex.quote(layout.release(release.id))}")
+        where = f"{release.previous} is serving again" if release.switched else "nothing was switched"
+        run.fail("rolled_back", errors.FAILED_ROLLED_BACK, f"{reason} ({where})")
+    except (ShipfabError, OSError) as exc:
+        run.fail("failed", errors.FAILED_MANUAL_ACTION,
+                 f"{reason}; the undo failed too: {exc}. Manual action needed: check `current` and the app on "
+                 f"{run.remote.host} (fab -H {run.remote.host} releases / rollback)")
+
+
+def _finish(run: HostRun, started: str) -> None:
+    """Log the release (success or failure) and prune after a success; never raises."""
+    release = run.release
+    entry = {
+        "release": release.id,
+        "event": "deploy",
+        "status": "success" if run.status == "success" else "failed",
+        "revision": release.revision,
+        "ref": release.ref,
+        "user": who(),
+        "host": run.remote.host,
+        "started": started,
+        "finished": _now(),
+        "previous": release.previous,
+        "backup": None,
+        "timings": {k: round(v, 3) for k, v in run.timings.items()},
+        "reason": run.reason,
+    }
+    try:
+        run.timed("log", lambda: release_log.append(run.remote, run.layout, entry))
+        if run.status == "success":
+            state = HostState(current=release.id, releases=tuple(sorted({*run.state.releases, release.id})))
+            run.timed("prune", lambda: _pruned(run, state))
+    except ShipfabError as exc:
+        run.printer.line(f"warning: could not write the release log / prune: {exc}", run.remote.host, level=0)
+
+
+def _pruned(run: HostRun, state: HostState) -> str:
+    doomed = prune.prune(run.remote, run.layout, state, run.app.keep_releases)
+    return f"removed {len(doomed)} old release(s)" if doomed else "nothing to remove"
+
+
+def _unlock(run: HostRun) -> None:
+    try:
+        run.timed("unlock", lambda: lock.release(run.remote, run.layout))
+    except ShipfabError as exc:
+        msg = f"the deploy lock may still be held ({exc}); once the host is reachable run: fab -H {run.remote.host} unlock"
+        run.printer.error(msg, run.remote.host)
+        run.reason = f"{run.reason}; {msg}" if run.reason else msg
+        if run.code == errors.OK:
+            run.code = errors.FAILED_MANUAL_ACTION
+
+
+# ---------------------------------------------------------------- rollback
+
+
+def rollback(targets: list[Target], printer: Printer, options: Options, to: str | None = None) -> int:
+    """Switch every target back to the previous release (or `to`) and make it serve."""
+    runs = make_runs(targets, printer, options)
+    try:
+        for run in runs:
+            _rollback_host(run, to)
+            if run.code != errors.OK:
+                break
+    finally:
+        for run in runs:
+            run.remote.close()
+    return summarize(runs, printer, "rollback")
+
+
+def _rollback_host(run: HostRun, to: str | None) -> None:
+    try:
+        run.timed("lock", lambda: lock.acquire(run.remote, run.layout, f"rollback {to or 'previous'}"))
+    except ShipfabError as exc:
+        run.fail("locked" if isinstance(exc, LockHeld) else "failed", exc.exit_code, str(exc))
+        return
+    try:
+        run.state = read_state(run.remote, run.layout)
+        left = run.state.current
+        target = rollback_target(run.state, to, run.remote.host)
+        run.release = Release(id=target, ref=f"rollback from {left}")
+        run.timed("switch_release", lambda: switch_release(run.remote, run.layout, target) or f"current -> {target}")
+        run.timed("activate", lambda: run.stack.activate(run, target))
+        event = {"release": left, "status": "rolled_back", "rolled_back_to": target, "rolled_back_at": _now(),
+                 "rolled_back_by": who()}
+        run.timed("log", lambda: release_log.append(run.remote, run.layout, event))
+        run.status = "success"
+    except UsageError as exc:
+        run.fail("refused", exc.exit_code, str(exc))
+    except ShipfabError as exc:
+        run.fail("failed", errors.FAILED_MANUAL_ACTION, f"{exc}. Manual action needed on {run.remote.host}")
+    finally:
+        _unlock(run)
+
+
+# ---------------------------------------------------------------- any per-host task
+
+
+def each_host(
+    targets: list[Target], printer: Printer, options: Options, name: str, fn: Callable[[HostRun], str | None],
+    locked: bool = True,
+) -> int:
+    """Run `fn` on each host (under the deploy lock when it changes things), then summarize."""
+    runs = make_runs(targets, printer, options)
+    try:
+        for run in runs:
+            try:
+                if locked:
+                    run.timed("lock", lambda run=run: lock.acquire(run.remote, run.layout, name))
+                run.state = read_state(run.remote, run.layout)
+                run.reason = run.timed(name, lambda run=run: fn(run)) or ""
+                run.status = "success"
+            except ShipfabError as exc:
+                status = "locked" if isinstance(exc, LockHeld) else "failed"
+                run.fail(status, exc.exit_code, str(exc))
+                if isinstance(exc, LockHeld):
+                    continue
+            finally:
+                if locked and run.status != "locked":
+                    _unlock(run)
+    finally:
+        for run in runs:
+            run.remote.close()
+    return summarize(runs, printer, name)
+
+
+# ---------------------------------------------------------------- summary
+
+
+EXIT_PRIORITY = (errors.FAILED_MANUAL_ACTION, errors.LOCK_HELD, errors.PREFLIGHT_FAILED,
+                 errors.USAGE, errors.FAILED_ROLLED_BACK)
+
+
+def exit_code(runs: list[HostRun]) -> int:
+    codes = {r.code for r in runs}
+    return next((c for c in EXIT_PRIORITY if c in codes), errors.OK)
+
+
+def summarize(runs: list[HostRun], printer: Printer, what: str) -> int:
+    """The closing per-step timing table and per-host outcome; returns the exit code."""
+    steps: list[str] = []
+    for run in runs:
+        steps += [s for s in run.timings if s not in steps]
+    if steps and printer.verbosity >= 1:
+        rows = [[s] + [f"{r.timings[s]:.2f}" if s in r.timings else "-" for r in runs] for s in steps]
+        rows.append(["total"] + [f"{sum(r.timings.values()):.2f}" for r in runs])
+        printer.line("")
+        printer.line(table(["step (s)"] + [r.remote.host for r in runs], rows))
+    printer.line("")
+    printer.line(
+        table(["host", "release", "status", "detail"],
+              [[r.remote.host, r.release.id or "-", r.status, " ".join(r.reason.split())[:160]] for r in runs]),
+        level=0,
+    )
+    code = exit_code(runs)
+    verdict = "ok" if code == errors.OK else f"FAILED (exit {code})"
+    printer.line(f"{what}: {verdict}", level=0)
+    return code

@@ -1,0 +1,42 @@
+"""The state of one deploy as it moves through the steps, and release ids."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+ID_FORMAT = "%Y%m%dT%H%M%SZ"
+
+
+def new_release_id(existing: list[str], now: datetime | None = None) -> str:
+    """A UTC timestamp id, strictly newer than every existing release (ids sort by time)."""
+    moment = (now or datetime.now(UTC)).replace(microsecond=0)
+    newest = max(existing, default="")
+    while moment.strftime(ID_FORMAT) <= newest:
+        moment += timedelta(seconds=1)
+    return moment.strftime(ID_FORMAT)
+
+
+def who() -> str:
+    """user@controller, recorded in the lock and the release log."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+@dataclass
+class Release:
+    """What one deploy knows about the release it is making, filled in step by step."""
+
+    id: str
+    ref: str
+    revision: str = ""
+    previous: str = ""  # the release that was current when the deploy started
+    venv_hash: str = ""
+    switched: bool = False
+    timings: dict[str, float] = field(default_factory=dict)

@@ -1,0 +1,130 @@
+"""The one place remote commands run: dry-run, echo, redaction, errors, host keys.
+
+Steps only *build* command strings (pure functions, unit-tested); they hand them to
+`Remote.run`, which prints them under --dry-run instead of running anything that
+changes the host, shows them with -v, and turns failures into clear errors.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import paramiko
+from fabric import Config, Connection
+from invoke import Context
+from invoke.runners import Result
+
+from .errors import StepFailed
+from .inventory import Target
+from .output import Printer
+
+
+class ConnectionLost(StepFailed):
+    """The ssh link to a host failed or dropped."""
+
+
+class HostKeyRejected(StepFailed):
+    """The host's ssh key is unknown or changed: never accepted silently."""
+
+
+def open_connection(target: Target) -> Connection | Context:
+    """A Fabric Connection for an ssh host, a local invoke Context for the sandbox."""
+    overrides = {"run": {"in_stream": False}}
+    if target.local:
+        return Context(Config(overrides=overrides))
+    connect_kwargs = {"key_filename": target.key_filename} if target.key_filename else {}
+    if target.ssh_alias:
+        conn = Connection(target.hostname, config=Config(overrides=overrides), connect_timeout=target.connect_timeout)
+    else:
+        conn = Connection(
+            host=target.hostname,
+            user=target.user or None,
+            port=target.port,
+            config=Config(overrides=overrides),
+            connect_kwargs=connect_kwargs,
+            connect_timeout=target.connect_timeout,
+        )
+    # Fabric accepts unknown host keys silently out of the box; shipfab does not.
+    conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    if target.known_hosts and Path(target.known_hosts).is_file():
+        conn.client.load_host_keys(target.known_hosts)
+    return conn
+
+
+class Remote:
+    """Runs commands on one target through its connection, honouring dry-run."""
+
+    def __init__(self, target: Target, printer: Printer, dry_run: bool = False) -> None:
+        self.target = target
+        self.host = target.name
+        self.printer = printer
+        self.dry_run = dry_run
+        self._conn: Connection | Context | None = None
+
+    @property
+    def conn(self) -> Connection | Context:
+        if self._conn is None:
+            self._conn = open_connection(self.target)
+        return self._conn
+
+    def run(self, cmd: str, *, change: bool = True, warn: bool = False, timeout: float | None = None) -> Result:
+        """Run `cmd` on the host. `change=False` marks a read-only query (it runs under --dry-run too)."""
+        shown = self.printer.redact(cmd)
+        if self.dry_run and change:
+            self.printer.line(f"would run: {shown}", self.host, level=0)
+            return Result(stdout="", stderr="", exited=0, command=cmd)
+        self.printer.line(f"$ {shown}", self.host, level=2)
+        try:
+            res = self.conn.run(cmd, hide=True, warn=True, timeout=timeout, in_stream=False)
+        except paramiko.BadHostKeyException as exc:
+            raise HostKeyRejected(
+                f"{self.host}: the host key of {exc.hostname} CHANGED (got {_fingerprint(exc.key)}); "
+                "refusing to connect. If the change is expected, remove the old key from known_hosts."
+            ) from None
+        except paramiko.SSHException as exc:
+            if "not found in known_hosts" in str(exc):
+                raise HostKeyRejected(
+                    f"{self.host}: unknown host key for {self.target.hostname}:{self.target.port}; refusing to "
+                    "connect. Trust it first: ssh-keyscan -p PORT HOST >> known_hosts (and set known_hosts in hosts.toml)"
+                ) from None
+            raise ConnectionLost(f"{self.host}: ssh failed: {exc}") from None
+        except (TimeoutError, OSError, EOFError) as exc:
+            raise ConnectionLost(f"{self.host}: ssh connection failed: {exc or type(exc).__name__}") from None
+        for stream in (res.stdout, res.stderr):
+            if stream.strip():
+                self.printer.line(stream.rstrip(), self.host, level=2)
+        if res.exited == -1:
+            raise ConnectionLost(f"{self.host}: ssh connection dropped while running: {_short(shown)}")
+        if not res.ok and not warn:
+            detail = (res.stderr.strip() or res.stdout.strip())[-800:]
+            raise StepFailed(f"{self.host}: command failed (exit {res.exited}): {_short(shown)}\n{self.printer.redact(detail)}")
+        return res
+
+    def put(self, local: str, remote_path: str) -> None:
+        """Upload a file (a plain copy for the local sandbox)."""
+        if self.dry_run:
+            self.printer.line(f"would upload: {local} -> {remote_path}", self.host, level=0)
+            return
+        self.printer.line(f"upload {local} -> {remote_path}", self.host, level=2)
+        if self.target.local:
+            shutil.copyfile(local, remote_path)
+            return
+        try:
+            self.conn.put(local, remote=remote_path)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise ConnectionLost(f"{self.host}: upload failed: {exc or type(exc).__name__}") from None
+
+    def close(self) -> None:
+        if self._conn is not None and isinstance(self._conn, Connection):
+            self._conn.close()
+        self._conn = None
+
+
+def _short(cmd: str, limit: int = 160) -> str:
+    one = " ".join(cmd.split())
+    return one if len(one) <= limit else one[: limit - 3] + "..."
+
+
+def _fingerprint(key: paramiko.PKey) -> str:
+    return f"{key.get_name()} {key.fingerprint}"

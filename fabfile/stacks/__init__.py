@@ -1,0 +1,12 @@
+"""One file per target stack: which steps run, in which order (see DESIGN.md)."""
+
+from __future__ import annotations
+
+from .base import Stack
+from .gunicorn import GUNICORN
+
+STACKS: dict[str, Stack] = {GUNICORN.name: GUNICORN}
+
+
+def stack_for(name: str) -> Stack:
+    return STACKS[name]

@@ -1,0 +1,105 @@
+"""deploy_code: a new release directory from a git ref, with the shared files linked in.
+
+Two sources: a local checkout (packed with `git archive`, uploaded) or a repository URL
+the host can reach (kept as a bare mirror on the host and updated each deploy).
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import tempfile
+from pathlib import Path
+
+from ..errors import StepFailed, UsageError
+from ..inventory import App
+from ..layout import Layout
+from ..release import Release
+from ..remote import Remote
+
+q = shlex.quote
+
+
+def archive_spec(revision: str, subdir: str) -> str:
+    """`rev` or `rev:subdir`: git archive packs only the app's folder, at the top."""
+    return f"{revision}:{subdir}" if subdir else revision
+
+
+def local_revision(checkout: str, ref: str) -> str:
+    """The full commit id of `ref` in the local checkout."""
+    res = subprocess.run(
+        ["git", "-C", checkout, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
+        capture_output=True, text=True,
+    )
+    if res.returncode != 0:
+        raise UsageError(f"git ref {ref!r} not found in {checkout}")
+    return res.stdout.strip()
+
+
+def pack_local(checkout: str, revision: str, subdir: str, dest: Path) -> None:
+    """git archive the revision (only `subdir` when set) into a .tar.gz file."""
+    res = subprocess.run(
+        ["git", "-C", checkout, "archive", "--format=tar.gz", "-o", str(dest), archive_spec(revision, subdir)],
+        capture_output=True, text=True,
+    )
+    if res.returncode != 0:
+        raise StepFailed(f"git archive failed in {checkout}: {res.stderr.strip()}")
+
+
+def mirror_update_cmd(layout: Layout, url: str, ref: str) -> str:
+    """Clone or update the host's mirror, then print the full revision of `ref`."""
+    m = q(layout.mirror)
+    return (
+        f"if [ -d {m} ]; then git -C {m} remote update --prune >/dev/null; "
+        f"else git clone --quiet --mirror {q(url)} {m}; fi && "
+        f"git -C {m} rev-parse --verify {q(ref + '^{commit}')}"
+    )
+
+
+def extract_cmd(layout: Layout, release_id: str, archive: str) -> str:
+    rel = q(layout.release(release_id))
+    return f"mkdir -p {rel} && tar -xzf {q(archive)} -C {rel} && rm -f {q(archive)}"
+
+
+def mirror_extract_cmd(layout: Layout, release_id: str, revision: str, subdir: str) -> str:
+    rel = q(layout.release(release_id))
+    return f"mkdir -p {rel} && git -C {q(layout.mirror)} archive {q(archive_spec(revision, subdir))} | tar -x -C {rel}"
+
+
+def link_shared_cmd(layout: Layout, release_id: str, revision: str, files: tuple[str, ...], dirs: tuple[str, ...]) -> str:
+    """Record REVISION and link shared dirs/files into the release (a missing shared file is created 0600)."""
+    rel = layout.release(release_id)
+    parts = [f"printf '%s\\n' {q(revision)} > {q(rel + '/REVISION')}"]
+    for d in dirs:
+        src, dst = f"{layout.shared}/{d}", f"{rel}/{d}"
+        parts.append(f"mkdir -p {q(src)} && rm -rf {q(dst)} && mkdir -p \"$(dirname {q(dst)})\" && ln -s {q(src)} {q(dst)}")
+    for f in files:
+        src, dst = f"{layout.shared}/{f}", f"{rel}/{f}"
+        parts.append(
+            f"mkdir -p \"$(dirname {q(src)})\" && {{ [ -e {q(src)} ] || (umask 077 && : > {q(src)}); }} && "
+            f"rm -rf {q(dst)} && mkdir -p \"$(dirname {q(dst)})\" && ln -s {q(src)} {q(dst)}"
+        )
+    return " && ".join(parts)
+
+
+def deploy_code(remote: Remote, app: App, layout: Layout, release: Release) -> None:
+    """Create releases/<id> from the ref; record the full revision in the Release."""
+    if app.repo:
+        out = remote.run(mirror_update_cmd(layout, app.repo, release.ref)).stdout.split()
+        if not out and not remote.dry_run:
+            raise StepFailed(f"{remote.host}: could not resolve {release.ref!r} in {app.repo}")
+        release.revision = out[-1] if out else "(resolved on the host)"
+        create = mirror_extract_cmd(layout, release.id, release.revision, app.subdir)
+        remote.run(create + " && " + _link(app, layout, release))
+        return
+    release.revision = local_revision(app.checkout, release.ref)
+    with tempfile.TemporaryDirectory(prefix="shipfab-") as tmp:
+        archive = Path(tmp) / f"{release.id}.tar.gz"
+        pack_local(app.checkout, release.revision, app.subdir, archive)
+        remote_archive = f"{layout.meta}/upload-{release.id}.tar.gz"
+        remote.put(str(archive), remote_archive)
+        remote.run(extract_cmd(layout, release.id, remote_archive) + " && " + _link(app, layout, release))
+
+
+def _link(app: App, layout: Layout, release: Release) -> str:
+    return link_shared_cmd(layout, release.id, release.revision, app.shared_files, app.shared_dirs)
