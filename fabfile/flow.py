@@ -23,6 +23,7 @@ from .remote import Remote
 from .stacks import stack_for
 from .stacks.base import Stack
 from .steps import lock, prune, release_log
+from .steps.health_check import health_url
 from .steps.host_state import HostState, read_state
 from .steps.rollback import rollback_target
 from .steps.switch_release import switch_release
@@ -146,6 +147,7 @@ def _deploy_host(run: HostRun) -> bool:
             _undo(run, _reason(exc))
         else:
             run.status = "success"
+            run.reason = f"serving; health {health_url(run.app.health, run.target)}"
         _finish(run, started)
     finally:
         _unlock(run)
@@ -162,16 +164,15 @@ def _undo(run: HostRun, reason: str) -> None:
             run.timed("undo_activate", lambda: run.stack.activate(run, release.previous))
         elif release.switched:
             run.fail("failed", errors.FAILED_MANUAL_ACTION,
-                     f"{reason}; this was the first release on the host, there is nothing to switch back to: "
-                     f"fix the app and deploy again")
+                     f"first release on the host, nothing to switch back to: fix the app and deploy again. {reason}")
             return
         run.remote.run(f"rm -rf -- {shlex.quote(layout.release(release.id))}")
         where = f"{release.previous} is serving again" if release.switched else "nothing was switched"
-        run.fail("rolled_back", errors.FAILED_ROLLED_BACK, f"{reason} ({where})")
+        run.fail("rolled_back", errors.FAILED_ROLLED_BACK, f"{where}. {reason}")
     except (ShipfabError, OSError) as exc:
         run.fail("failed", errors.FAILED_MANUAL_ACTION,
-                 f"{reason}; the undo failed too: {exc}. Manual action needed: check `current` and the app on "
-                 f"{run.remote.host} (fab -H {run.remote.host} releases / rollback)")
+                 f"the undo failed too, manual action needed: check `current` and the app on {run.remote.host} "
+                 f"(fab -H {run.remote.host} releases / rollback). Undo: {exc}. Cause: {reason}")
 
 
 def _finish(run: HostRun, started: str) -> None:
@@ -287,7 +288,7 @@ def each_host(
     finally:
         for run in runs:
             run.remote.close()
-    return summarize(runs, printer, name)
+    return summarize(runs, printer, name, timings=locked)
 
 
 # ---------------------------------------------------------------- summary
@@ -302,12 +303,12 @@ def exit_code(runs: list[HostRun]) -> int:
     return next((c for c in EXIT_PRIORITY if c in codes), errors.OK)
 
 
-def summarize(runs: list[HostRun], printer: Printer, what: str) -> int:
+def summarize(runs: list[HostRun], printer: Printer, what: str, timings: bool = True) -> int:
     """The closing per-step timing table and per-host outcome; returns the exit code."""
     steps: list[str] = []
     for run in runs:
         steps += [s for s in run.timings if s not in steps]
-    if steps and printer.verbosity >= 1:
+    if timings and steps and printer.verbosity >= 1:
         rows = [[s] + [f"{r.timings[s]:.2f}" if s in r.timings else "-" for r in runs] for s in steps]
         rows.append(["total"] + [f"{sum(r.timings.values()):.2f}" for r in runs])
         printer.line("")
@@ -318,6 +319,9 @@ def summarize(runs: list[HostRun], printer: Printer, what: str) -> int:
               [[r.remote.host, r.release.id or "-", r.status, " ".join(r.reason.split())[:160]] for r in runs]),
         level=0,
     )
+    for r in runs:
+        if r.code != errors.OK:
+            printer.line(f"{r.status}: {r.reason}", r.remote.host, level=0)
     code = exit_code(runs)
     verdict = "ok" if code == errors.OK else f"FAILED (exit {code})"
     printer.line(f"{what}: {verdict}", level=0)

@@ -223,7 +223,7 @@ def parse_inventory(data: dict[str, Any], path: Path) -> Inventory:
     inv = Inventory(path=path, default=top["default"], defaults=defaults)
     for name, raw in raw_apps.items():
         _expect(raw, dict, f"apps.{name}", where)
-        inv.apps[name] = _build_app(name, raw, f"apps.{name}", where, base_dir, local=False)
+        inv.apps[name] = _build_app(name, raw, f"apps.{name}", where, base_dir, local=None)
 
     for name, raw in top["hosts"].items():
         key = f"hosts.{name}"
@@ -234,10 +234,10 @@ def parse_inventory(data: dict[str, Any], path: Path) -> Inventory:
             where.fail(f"{key}.app", "missing required key (which app runs on this host?)")
         if app_name not in raw_apps:
             where.fail(f"{key}.app", f"unknown app {app_name!r}; known apps: {', '.join(raw_apps) or '(none)'}")
-        app = inv.apps[app_name]
-        if host["overrides"] or host["local"]:
-            merged = _deep_merge(raw_apps[app_name], host["overrides"])
-            app = _build_app(app_name, merged, f"{key}.overrides", where, base_dir, local=host["local"])
+        # Built per host: overrides apply, and deploy_to is checked for this kind of host.
+        merged = _deep_merge(raw_apps[app_name], host["overrides"])
+        app_key = f"{key}.overrides" if host["overrides"] else f"apps.{app_name}"
+        app = _build_app(app_name, merged, app_key, where, base_dir, local=host["local"], host=name)
         if not host["local"] and not host["hostname"]:
             where.fail(f"{key}.hostname", "missing required key (or set local = true for the sandbox)")
         conn = _connection_settings(defaults, raw)
@@ -317,7 +317,10 @@ def _choice(value: str, choices: tuple[str, ...], key: str, where: _Where) -> No
         where.fail(key, f"unknown value {value!r}; expected one of: {', '.join(choices)}")
 
 
-def _build_app(name: str, raw: dict[str, Any], key: str, where: _Where, base_dir: Path, local: bool) -> App:
+def _build_app(
+    name: str, raw: dict[str, Any], key: str, where: _Where, base_dir: Path, local: bool | None, host: str = ""
+) -> App:
+    """Validate one app's settings. `local` None: not yet tied to a host (paths checked per host)."""
     a = _check_table(raw, APP_SCHEMA, key, where)
     _choice(a["stack"], STACKS, f"{key}.stack", where)
     g = _check_table(a["gunicorn"], GUNICORN_SCHEMA, f"{key}.gunicorn", where)
@@ -338,8 +341,8 @@ def _build_app(name: str, raw: dict[str, Any], key: str, where: _Where, base_dir
     deploy_to = a["deploy_to"]
     if local:
         deploy_to = str((base_dir / deploy_to).resolve())
-    elif not deploy_to.startswith("/"):
-        where.fail(f"{key}.deploy_to", f"must be an absolute path on the host, got {deploy_to!r}")
+    elif local is False and not deploy_to.startswith("/"):
+        where.fail(f"{key}.deploy_to", f"must be an absolute path on ssh host {host!r}, got {deploy_to!r}")
     checkout = "" if a["repo"] else str((base_dir / (a["checkout"] or ".")).resolve())
     return App(
         name=name,

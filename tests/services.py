@@ -20,6 +20,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -31,6 +32,18 @@ from urllib.parse import urlsplit
 
 SSHD = "/usr/sbin/sshd"  # sshd must be started by absolute path (it re-execs)
 LOOPBACK = "127.0.0.1"
+
+#: Environment for sessions on the test sshd.  bash sources ~/.bashrc for
+#: non-interactive sshd sessions only when it is a top-level shell, so
+#: SHLVL=1 skips it: root's .bashrc here runs `pyenv init -`, whose
+#: `pyenv rehash` takes a lock file that a SIGKILLed session (see
+#: Sshd.kill_sessions) leaves behind, making every later login wait 60 s.
+#: PATH puts this interpreter's bin dir (python, gunicorn, pip) first, like
+#: the pyenv shims would.
+DEFAULT_SESSION_ENV: dict[str, str] = {
+    "SHLVL": "1",
+    "PATH": f"{Path(sys.executable).parent}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+}
 
 
 # --------------------------------------------------------------------------
@@ -152,9 +165,7 @@ def _kill_all(procs: Sequence[_ProcId], timeout: float = 5.0) -> int:
     return killed
 
 
-def _terminate(
-    proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout: float = 10.0
-) -> None:
+def _terminate(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
     """Send ``sig`` to ``proc``, wait, SIGKILL if needed, then SIGKILL any
     descendants that outlived it (snapshotted before signalling)."""
     tree = _snapshot_tree(proc.pid)
@@ -168,9 +179,7 @@ def _terminate(
     _kill_all(tree)
 
 
-def _run(
-    args: Sequence[str], timeout: float = 30.0
-) -> subprocess.CompletedProcess[str]:
+def _run(args: Sequence[str], timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         list(args),
         stdin=subprocess.DEVNULL,  # an inherited, never-closing stdin hangs ssh
@@ -280,10 +289,17 @@ class Sshd(_Service):
 
     hostname = LOOPBACK
 
-    def __init__(self, workdir: Path, keys: SshKeys, port: int) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        keys: SshKeys,
+        port: int,
+        session_env: dict[str, str] | None = None,
+    ) -> None:
         self.workdir = Path(workdir)
         self.keys = keys
         self.port = port
+        self.session_env = DEFAULT_SESSION_ENV if session_env is None else session_env
         self.user = getpass.getuser()
         self.key_filename = str(keys.client_key)
         self.config = self.workdir / "sshd_config"
@@ -297,20 +313,35 @@ class Sshd(_Service):
         self.proc: subprocess.Popen[bytes] | None = None
 
     @classmethod
-    def start(cls, workdir: Path, keys: SshKeys, port: int | None = None) -> Sshd:
-        """Write config, launch ``sshd -D`` and wait until a key login works."""
+    def start(
+        cls,
+        workdir: Path,
+        keys: SshKeys,
+        port: int | None = None,
+        session_env: dict[str, str] | None = None,
+    ) -> Sshd:
+        """Write config, launch ``sshd -D`` and wait until a key login works.
+
+        ``session_env`` is set in every session (authorized_keys options); None
+        means DEFAULT_SESSION_ENV, ``{}`` a stock login that reads ~/.bashrc.
+        """
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        self = cls(workdir, keys, port or free_port())
+        self = cls(workdir, keys, port or free_port(), session_env)
         self._write_files()
         self._launch()
         return self
 
     def _write_files(self) -> None:
-        self.authorized_keys.write_text(self.keys.client_pub.read_text())
-        self.known_hosts.write_text(
-            f"[{self.hostname}]:{self.port} {self.host_pubkey_line}\n"
-        )
+        for key, value in self.session_env.items():
+            if '"' in key + value or "\n" in key + value or "=" in key:
+                raise ValueError(f"unsupported session_env entry {key!r}={value!r}")
+        # Per-key environment= options (allowed by PermitUserEnvironment);
+        # unlike sshd's SetEnv they can override the PATH sshd sets.
+        options = ",".join(f'environment="{k}={v}"' for k, v in self.session_env.items())
+        prefix = f"{options} " if options else ""
+        self.authorized_keys.write_text(prefix + self.keys.client_pub.read_text())
+        self.known_hosts.write_text(f"[{self.hostname}]:{self.port} {self.host_pubkey_line}\n")
         self.config.write_text(
             "\n".join(
                 [
@@ -332,6 +363,7 @@ class Sshd(_Service):
                     "MaxSessions 50",
                     "Subsystem sftp internal-sftp",
                     "LogLevel VERBOSE",
+                    "PermitUserEnvironment " + (",".join(self.session_env) or "no"),
                     "",
                 ]
             )
@@ -386,9 +418,7 @@ class Sshd(_Service):
             if self.proc is None or self.proc.poll() is not None:
                 raise RuntimeError(f"sshd exited:\n{_tail(self.log)}")
             if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"ssh login to port {self.port} failed: {detail}\n{_tail(self.log)}"
-                )
+                raise TimeoutError(f"ssh login to port {self.port} failed: {detail}\n{_tail(self.log)}")
             time.sleep(0.1)
 
     @property
@@ -406,9 +436,7 @@ class Sshd(_Service):
         import paramiko
 
         kwargs.setdefault("connect_kwargs", self.connect_kwargs)
-        conn = fabric.Connection(
-            self.hostname, port=self.port, user=self.user, **kwargs
-        )
+        conn = fabric.Connection(self.hostname, port=self.port, user=self.user, **kwargs)
         conn.client.load_host_keys(str(self.known_hosts))
         conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
         return conn
@@ -566,14 +594,10 @@ class Supervisord(_Service):
                 out = _tail(self.workdir / "supervisord.out")
                 raise RuntimeError(f"supervisord exited:\n{out}\n{_tail(self.logfile)}")
             if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"supervisord not answering: {res.stdout}{res.stderr}"
-                )
+                raise TimeoutError(f"supervisord not answering: {res.stdout}{res.stderr}")
             time.sleep(0.1)
 
-    def ctl(
-        self, *args: str, timeout: float = 60.0
-    ) -> subprocess.CompletedProcess[str]:
+    def ctl(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         """Run ``supervisorctl -c <conf> *args`` (never raises on exit code)."""
         return _run(["supervisorctl", "-c", str(self.conf), *args], timeout=timeout)
 
@@ -611,9 +635,7 @@ class Nginx(_Service):
         self.proc: subprocess.Popen[bytes] | None = None
 
     @classmethod
-    def start(
-        cls, workdir: Path, upstream: str | Sequence[str], port: int | None = None
-    ) -> Nginx:
+    def start(cls, workdir: Path, upstream: str | Sequence[str], port: int | None = None) -> Nginx:
         """Proxy to ``upstream`` ("host:port", or several for one pool)."""
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -651,8 +673,7 @@ class Nginx(_Service):
         wd = self.workdir
         servers = "\n".join(f"        server {u} max_fails=0;" for u in self.upstreams)
         temp = "\n".join(
-            f"    {kind}_temp_path {wd / (kind + '_temp')};"
-            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+            f"    {kind}_temp_path {wd / (kind + '_temp')};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
         )
         user = "user root;\n" if os.geteuid() == 0 else ""
         return f"""\
@@ -779,9 +800,7 @@ class LoadGenerator:
         if self._thread is not None:
             raise RuntimeError("LoadGenerator already started")
         self._started = time.monotonic()
-        self._thread = threading.Thread(
-            target=self._loop, name="load-generator", daemon=True
-        )
+        self._thread = threading.Thread(target=self._loop, name="load-generator", daemon=True)
         self._thread.start()
         return self
 

@@ -84,43 +84,53 @@ def restart_script(app: App, layout: Layout, release_id: str, full: bool = False
     """One round trip: start, or reload / upgrade / restart, then wait until every worker
     runs `release_id`. The venv the running master started with is kept in
     .shipfab/running-venv: a release on another venv needs a new master (USR2 under the
-    pidfile manager; restart under supervisor/systemd, where a USR2 child would escape them)."""
+    pidfile manager; restart under supervisor/systemd, where a USR2 child would escape them).
+
+    After USR2 the new master writes `<pidfile>.2` and renames it to the pidfile once the
+    old master has exited; if the new master never serves, it is stopped again."""
     g = app.gunicorn
     cmds = manager_cmds(app, layout)
-    read_pid = f'p=$({cmds["pid"]} 2>/dev/null); case "$p" in ""|0|*[!0-9]*) p=;; esac'
-    new_master = 'kill -USR2 "$pid" && old=$pid' if g.manager == "pidfile" else cmds["restart"]
-    new_master_action = "upgrade" if g.manager == "pidfile" else "restart"
-    running_venv = q(f"{layout.meta}/running-venv")
     limit = int(g.restart_timeout * 10)
+    upgrade = g.manager == "pidfile"
+    new_master = 'kill -USR2 "$pid" && old=$pid' if upgrade else cmds["restart"]
+    running_venv = q(f"{layout.meta}/running-venv")
+    pid_of = (f'pid_of() {{ if [ -n "$old" ]; then cat {q(layout.pidfile + ".2")}; else {cmds["pid"]}; fi; }}'
+              if upgrade else f"pid_of() {{ {cmds['pid']}; }}")
+    read_pid = 'p=$(pid_of 2>/dev/null); case "$p" in ""|0|*[!0-9]*) p=;; esac'
     return "\n".join([
         "alive() { [ -d /proc/$1 ] && ! grep -q '^State:[[:space:]]*Z' /proc/$1/status 2>/dev/null; }",
+        pid_of,
         f"want=$(cd {q(layout.release(release_id))} && pwd -P) || exit 1",
         f"venv=$(readlink {q(layout.release(release_id) + '/.venv')}); ran=$(cat {running_venv} 2>/dev/null)",
-        f"{read_pid}; pid=$p; old=",
+        f"old=; {read_pid}; pid=$p",
         'if [ -z "$pid" ] || ! alive "$pid"; then',
         f"  {cmds['start']} || exit 1; echo ACTION start",
         f"elif [ {'1' if full else '0'} = 1 ]; then",
         f"  {cmds['restart']} || exit 1; echo ACTION restart",
         'elif [ "$venv" != "$ran" ]; then',
-        f"  {new_master} || exit 1; echo ACTION {new_master_action}",
+        f"  {new_master} || exit 1; echo ACTION {'upgrade' if upgrade else 'restart'}",
         "else",
         f"  {cmds['reload']} || exit 1; echo ACTION reload",
         "fi",
         "i=0",
         "while :; do",
         f"  {read_pid}; n=0; bad=0",
-        '  if [ -n "$p" ] && [ "$p" != "$old" ] && alive "$p"; then',
+        '  if [ -n "$p" ] && alive "$p"; then',
         '    for w in $(pgrep -P "$p"); do n=$((n+1)); [ "$(readlink /proc/$w/cwd)" = "$want" ] || bad=1; done',
         "  fi",
         f'  if [ $n -ge {g.workers} ] && [ $bad = 0 ]; then echo "SERVING $p $n"; break; fi',
         f"  i=$((i+1)); if [ $i -ge {limit} ]; then",
         f'    echo "gunicorn is not serving release {release_id}: master=${{p:-none}}, $n workers" >&2',
+        '    if [ -n "$old" ] && [ -n "$p" ]; then kill -TERM "$p"; fi',
         f"    tail -n 15 {q(layout.shared + '/gunicorn.log')} >&2 2>/dev/null; exit 1",
         "  fi",
         "  sleep 0.1",
         "done",
         f'printf \'%s\\n\' "$venv" > {running_venv}',
-        f'if [ -n "$old" ]; then kill -TERM "$old"; {_wait_gone("$old", g.restart_timeout)}; fi',
+        'if [ -n "$old" ]; then',
+        f'  new=$p; kill -TERM "$old"; {_wait_gone("$old", g.restart_timeout)}',
+        f'  j=0; while [ "$(cat {q(layout.pidfile)} 2>/dev/null)" != "$new" ] && [ $j -lt {limit} ]; do sleep 0.1; j=$((j+1)); done',
+        "fi",
     ])
 
 

@@ -1,0 +1,66 @@
+"""`inv` tasks: ad-hoc health of the fleet, and the developer tasks (test, bench, sandbox)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from invoke import Exit, task
+
+from fabfile.errors import ShipfabError
+from fabfile.inventory import Target, load_inventory
+from fabfile.layout import Layout
+from fabfile.output import Printer, table
+from fabfile.remote import Remote
+from fabfile.steps.health_check import probe_once
+from fabfile.steps.host_state import read_state
+
+
+def _health_row(target: Target) -> list[str]:
+    """host, app, release, status, latency, detail for one target (never raises)."""
+    remote = Remote(target, Printer(verbosity=0))
+    release, started = "?", time.monotonic()
+    try:
+        release = read_state(remote, Layout(target.app.deploy_to)).current or "(none)"
+        probe = probe_once(remote, target)
+        status = "healthy" if probe.ok else "UNHEALTHY"
+        return [target.name, target.app.name, release, status, f"{probe.latency * 1000:.0f} ms", probe.detail]
+    except ShipfabError as exc:
+        return [target.name, target.app.name, release, "UNREACHABLE", f"{(time.monotonic() - started) * 1000:.0f} ms",
+                " ".join(str(exc).split())[:120]]
+    finally:
+        remote.close()
+
+
+@task(help={"target": "host or group of hosts.toml (default: every host)"})
+def health(c, target=None):
+    """Health of every host of a target, in parallel, as one table; exits 1 if any is unhealthy."""
+    try:
+        inventory = load_inventory()
+        targets = inventory.resolve(target) if target else inventory.all_targets()
+    except ShipfabError as exc:
+        raise Exit(f"shipfab: {exc}", code=exc.exit_code) from None
+    with ThreadPoolExecutor(max_workers=min(16, len(targets) or 1)) as pool:
+        rows = list(pool.map(_health_row, targets))
+    print(table(["host", "app", "release", "status", "latency", "detail"], rows))
+    if any(row[3] != "healthy" for row in rows):
+        raise Exit(code=1)
+
+
+@task
+def test(c):
+    """Run the test suite (needs the Debian packages .ci/run installs)."""
+    c.run(f"{sys.executable} -m pytest -q", pty=False)
+
+
+@task
+def bench(c, runs=5):
+    """Benchmark shipfab's redeploy and rollback against a plain `ssh host bash -s` script."""
+    c.run(f"{sys.executable} bench/deploy_vs_ssh.py --runs {int(runs)}", pty=False)
+
+
+@task
+def sandbox(c):
+    """Deploy the sample app to the local sandbox (same as `fab -H local deploy`)."""
+    c.run("fab -H local deploy", pty=False)

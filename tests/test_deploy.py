@@ -1,0 +1,296 @@
+"""End to end: the real `fab` CLI deploying over real sshd to supervisor/pidfile-managed
+gunicorn behind real nginx, with faults."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from .services import LoadGenerator
+
+pytestmark = pytest.mark.integration
+
+
+def ok(res) -> str:
+    assert res.returncode == 0, f"exit {res.returncode}\n{res.stdout}\n{res.stderr}"
+    return res.stdout
+
+
+def test_deploy_redeploy_rollback_with_zero_failed_requests(world):
+    host = world.add_host("web1", manager="supervisor", nginx=True)
+    out = ok(world.fab("-H", "web1", "deploy", "--ref", "v1"))
+    assert "restart" in out and "start, 2 workers" in out
+    assert host.health()["version"] == "v1"
+    first = host.current()
+
+    load = LoadGenerator(host.nginx.url + "/health", rate=50).start()
+    out = ok(world.fab("-H", "web1", "deploy", "--ref", "v2"))
+    result = load.stop()
+    assert "reload, 2 workers" in out and "pip_sync        ok" in out and "(reused)" in out
+    assert result.total > 0 and result.failed == 0, result.failures
+    assert host.health()["version"] == "v2"
+    second = host.current()
+    assert second > first
+
+    # the full revision is recorded, in the release and in the log
+    revision = (host.deploy_to / "releases" / second / "REVISION").read_text().strip()
+    assert len(revision) == 40 and host.health()["revision"] == revision
+    entry = [e for e in host.log() if e["release"] == second][-1]
+    assert entry["status"] == "success" and entry["revision"] == revision and entry["previous"] == first
+    assert set(entry["timings"]) >= {"lock", "deploy_code", "pip_sync", "switch_release", "restart", "health_check"}
+    assert (host.deploy_to / "shared" / ".env").stat().st_mode & 0o777 == 0o600
+    assert os.readlink(host.deploy_to / "releases" / second / ".env") == str(host.deploy_to / "shared" / ".env")
+
+    load = LoadGenerator(host.nginx.url + "/health", rate=50).start()
+    started = time.monotonic()
+    ok(world.fab("-H", "web1", "rollback"))
+    took = time.monotonic() - started
+    result = load.stop()
+    assert result.failed == 0, result.failures
+    assert host.current() == first and host.health()["version"] == "v1"
+    assert [e for e in host.log() if e["release"] == second][-1]["status"] == "rolled_back"
+    print(f"rollback took {took:.2f}s")  # shown with -s; the benchmark measures it properly
+
+    table = ok(world.fab("-H", "web1", "releases"))
+    assert f"* {first}" in table and "rolled_back" in table
+    assert not host.lock_held()
+
+
+def test_unhealthy_release_is_rolled_back_automatically(world):
+    host = world.add_host("web1", manager="supervisor", nginx=True)
+    ok(world.fab("-H", "web1", "deploy", "--ref", "v1"))
+    good = host.current()
+
+    load = LoadGenerator(host.nginx.url + "/", rate=20).start()
+    res = world.fab("-H", "web1", "deploy", "--ref", "broken")
+    result = load.stop()
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "status 500 (expected 200)" in res.stdout and "broken" in res.stdout  # last status + body excerpt
+    assert "rolled_back" in res.stdout and f"{good} is serving again" in res.stdout
+    assert host.current() == good and host.health()["version"] == "v1"
+    assert host.releases() == [good]  # the failed release directory is gone
+    assert host.log()[-1]["status"] == "failed" and "unhealthy" in host.log()[-1]["reason"]
+    assert not host.lock_held()
+    # "/" kept answering from some release during the whole attempt
+    assert result.total > 0 and all("Connection refused" not in f for f in result.failures)
+
+
+def test_first_release_failing_needs_manual_action(world):
+    host = world.add_host("web1", manager="pidfile")
+    res = world.fab("-H", "web1", "deploy", "--ref", "broken")
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "first release on the host" in res.stdout
+    assert not host.lock_held()
+
+
+def test_pidfile_manager_upgrades_master_when_requirements_change(world):
+    host = world.add_host("web1", manager="pidfile", nginx=True)
+    ok(world.fab("-H", "web1", "deploy", "--ref", "v2"))
+    pid_before = int(Path(host.layout.pidfile).read_text())
+    load = LoadGenerator(host.nginx.url + "/health", rate=50).start()
+    out = ok(world.fab("-H", "web1", "deploy", "--ref", "v3"))
+    result = load.stop()
+    assert "(built)" in out and "upgrade, 2 workers" in out
+    assert result.failed == 0, result.failures
+    pid_after = int(Path(host.layout.pidfile).read_text())
+    assert pid_after != pid_before and host.health()["version"] == "v3"
+    time.sleep(0.5)
+    assert not Path(f"/proc/{pid_before}").exists() or "Z" in Path(f"/proc/{pid_before}/stat").read_text().split()[2]
+    assert len(list((host.deploy_to / "venvs").iterdir())) == 2
+
+    # rolling back to v2 crosses venvs again: another USR2, and the old venv is still there
+    out = ok(world.fab("-H", "web1", "rollback"))
+    assert "upgrade, 2 workers" in out and host.health()["version"] == "v2"
+
+
+def test_concurrent_deploy_is_refused_with_holder_details(world):
+    host = world.add_host("web1", manager="pidfile")
+    ok(world.fab("-H", "web1", "lock"))
+    res = world.fab("-H", "web1", "deploy", "--ref", "v1")
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert "deploy lock is held by" in res.stdout and "manual lock" in res.stdout and "fab -H web1 unlock" in res.stdout
+    assert host.releases() == []
+    out = ok(world.fab("-H", "web1", "unlock"))
+    assert "removed the lock held by" in out and "manual lock" in out
+    assert not host.lock_held()
+
+
+def test_two_deploys_at_once_one_wins(world):
+    host = world.add_host("web1", manager="pidfile")
+    procs = [world.popen_fab("-H", "web1", "deploy", "--ref", "v1") for _ in range(2)]
+    outputs = [p.communicate(timeout=180)[0] for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 3], outputs
+    assert any("deploy lock is held by" in o for o in outputs)
+    assert len(host.releases()) == 1 and not host.lock_held()
+
+
+def test_unknown_release_id_lists_valid_ones(world):
+    host = world.add_host("web1", manager="pidfile")
+    ok(world.fab("-H", "web1", "deploy", "--ref", "v1"))
+    res = world.fab("-H", "web1", "rollback", "--to", "20990101T000000Z")
+    assert res.returncode == 64
+    assert "unknown release '20990101T000000Z'; valid ids: (none)" in res.stdout
+    assert "Traceback" not in res.stdout + res.stderr
+    assert not host.lock_held()
+
+
+def test_ssh_link_killed_during_pip_sync(world):
+    host = world.add_host("web1", manager="supervisor", nginx=True)
+    ok(world.fab("-H", "web1", "deploy", "--ref", "v2"))
+    good = host.current()
+
+    proc = world.popen_fab("-H", "web1", "deploy", "--ref", "v3")  # new requirements: pip really runs
+    killed = 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not killed:
+        if list((host.deploy_to / "venvs").glob("*/bin/pip")) and len(list((host.deploy_to / "venvs").iterdir())) > 1:
+            killed = host.sshd.kill_sessions()
+        time.sleep(0.05)
+    out = proc.communicate(timeout=120)[0]
+    assert killed, out
+    assert proc.returncode != 0, out
+    # the previous release still serves
+    assert host.current() == good and host.health()["version"] == "v2"
+    # lock state is clearly reported: released by the undo, or named with the command to clear it
+    assert (not host.lock_held()) or "fab -H web1 unlock" in out
+    assert "pip_sync        FAILED" in out
+
+    if host.lock_held():
+        ok(world.fab("-H", "web1", "unlock"))
+    out = ok(world.fab("-H", "web1", "deploy", "--ref", "v3"))  # a re-run succeeds (half-built venv rebuilt)
+    assert host.health()["version"] == "v3"
+
+
+def test_ctrl_c_mid_deploy_undoes_and_unlocks(world):
+    host = world.add_host("web1", manager="pidfile")
+    ok(world.fab("-H", "web1", "deploy", "--ref", "v2"))
+    good = host.current()
+    proc = world.popen_fab("-H", "web1", "deploy", "--ref", "v3")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list((host.deploy_to / "venvs").iterdir())) < 2:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode != 0, out
+    assert "interrupted (Ctrl-C)" in out
+    assert host.current() == good and host.health()["version"] == "v2"
+    assert not host.lock_held()
+    assert host.log()[-1]["status"] == "failed"
+
+
+def test_group_deploys_every_host_under_one_release_id(world):
+    a = world.add_host("web1", manager="supervisor")
+    b = world.add_host("web2", manager="pidfile")
+    world.groups["prod"] = ["web1", "web2"]
+    world.write()
+    out = ok(world.fab("-H", "prod", "deploy", "--ref", "v2"))
+    assert a.current() == b.current() != ""
+    assert a.health()["version"] == b.health()["version"] == "v2"
+    assert out.count("deploy: ok") == 1 and "[web1] health_check" in out and "[web2] health_check" in out
+
+    # default target: `fab rollback` exactly as typed uses the inventory's default
+    world.inventory.write_text('default = "prod"\n' + world.inventory.read_text())
+    res = world.fab("rollback")
+    assert res.returncode == 64 and "no release older" in res.stdout  # only one release each: refused clearly
+
+
+def test_group_stops_at_first_failed_host(world):
+    a = world.add_host("web1", manager="pidfile")
+    b = world.add_host("web2", manager="pidfile")
+    world.groups["prod"] = ["web1", "web2"]
+    world.write()
+    res = world.fab("-H", "prod", "deploy", "--ref", "broken")
+    assert res.returncode == 2  # web1 had no previous release: manual action
+    assert "skipped" in res.stdout
+    assert b.releases() == [] and not a.lock_held()
+
+
+def test_dry_run_changes_nothing(world):
+    host = world.add_host("web1", manager="supervisor")
+    ok(world.fab("-H", "web1", "deploy", "--ref", "v1"))
+    ok(world.fab("-H", "web1", "deploy", "--ref", "v2"))
+    before = snapshot(host.deploy_to)
+    out = ok(world.fab("-H", "web1", "deploy", "--ref", "v3", "--dry-run"))
+    assert "would run: mkdir -p" in out and "would upload:" in out and "would run: ln -sfn releases/" in out
+    assert "supervisorctl -c" in out and "would check:" in out
+    assert snapshot(host.deploy_to) == before
+    out = ok(world.fab("-H", "web1", "rollback", "--dry-run"))
+    assert "would run: ln -sfn releases/" in out and "signal HUP app" in out
+    assert snapshot(host.deploy_to) == before and host.health()["version"] == "v2"
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Every path under root with its kind, size, mtime and link target."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        if "__pycache__" in path.parts or path.name in ("gunicorn.log", "gunicorn.pid", "gunicorn.ctl"):
+            continue
+        st = path.lstat()
+        out[str(path.relative_to(root))] = (st.st_mode, st.st_size, st.st_mtime_ns,
+                                            os.readlink(path) if path.is_symlink() else None)
+    return out
+
+
+def test_repository_url_source_is_mirrored_on_the_host(world, app_repo):
+    world.extra_app = {"repo": f"file://{app_repo}", "checkout": ""}
+    host = world.add_host("web1", manager="pidfile")
+    world.write()
+    text = world.inventory.read_text().replace(f'checkout = "{app_repo}"\n', "")
+    world.inventory.write_text(text)
+    ok(world.fab("-H", "web1", "deploy", "--ref", "v1"))
+    assert (host.deploy_to / "repo" / "HEAD").exists()
+    ok(world.fab("-H", "web1", "deploy", "--ref", "v2"))
+    assert host.health()["version"] == "v2"
+    assert host.health()["revision"] == (host.deploy_to / "releases" / host.current() / "REVISION").read_text().strip()
+
+
+def test_prune_keeps_keep_releases_and_cleans_venvs(world):
+    host = world.add_host("web1", manager="pidfile")
+    for ref in ("v1", "v2", "v3", "v1", "v2"):
+        ok(world.fab("-H", "web1", "deploy", "--ref", ref))
+    assert len(host.releases()) == 3  # keep_releases = 3
+    venvs = {p.name for p in (host.deploy_to / "venvs").iterdir()}
+    used = {os.readlink(host.deploy_to / "releases" / r / ".venv").rsplit("/", 1)[-1] for r in host.releases()}
+    assert venvs == used
+
+
+def test_standalone_steps_and_inv_health(world):
+    host = world.add_host("web1", manager="supervisor")
+    ok(world.fab("-H", "web1", "deploy", "--ref", "v1"))
+    out = ok(world.fab("-H", "web1", "deploy-code", "--ref", "v2"))
+    new = host.releases()[-1]
+    assert "(not switched)" in out and host.current() != new
+    ok(world.fab("-H", "web1", "pip-sync"))
+    ok(world.fab("-H", "web1", "switch-release", "--to", new))
+    out = ok(world.fab("-H", "web1", "restart"))
+    assert f"reload, 2 workers on {new}" in out
+    assert "healthy" in ok(world.fab("-H", "web1", "health-check"))
+    assert host.health()["version"] == "v2"
+
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SHIPFAB_HOSTS": str(world.inventory)}
+    repo = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, "-m", "invoke", "-r", str(repo), "health"], capture_output=True, text=True,
+                         env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "web1" in res.stdout and new in res.stdout and "healthy" in res.stdout
+    host.supervisord.ctl("stop", "app")
+    res = subprocess.run([sys.executable, "-m", "invoke", "-r", str(repo), "health"], capture_output=True, text=True,
+                         env=env)
+    assert res.returncode == 1 and "UNHEALTHY" in res.stdout and "no HTTP answer" in res.stdout
+
+
+def test_unknown_host_key_is_refused(world):
+    host = world.add_host("web1", manager="pidfile")
+    (world.tmp / "known_hosts").write_text("")
+    res = world.fab("-H", "web1", "deploy", "--ref", "v1")
+    assert res.returncode != 0 and "unknown host key" in res.stdout + res.stderr
+    assert host.releases() == []
