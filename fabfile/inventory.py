@@ -48,6 +48,21 @@ HEALTH_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "request_timeout": ((int, float), 5),
 }
 
+PREFLIGHT_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
+    "min_disk_percent": ((int, float), 10),
+    "min_disk_mb": (int, 1024),
+    "min_memory_mb": (int, 128),
+    "python_min": (str, "3.8"),
+    "nginx": (bool, False),  # the app sits behind nginx on this host: check the binary and `nginx -t`
+    "required_env": (list, []),  # keys that must be present and non-empty in shared/.env
+    "binaries": (list, []),  # more binaries the app needs on the host
+}
+
+NOTIFY_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
+    "webhooks": (list, []),  # Slack-compatible incoming-webhook URLs
+    "timeout": ((int, float), 3),
+}
+
 APP_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "stack": (str, REQUIRED),
     "deploy_to": (str, REQUIRED),
@@ -62,6 +77,8 @@ APP_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "wheelhouse": (str, ""),  # remote dir of wheels: pip runs --no-index --find-links
     "gunicorn": (dict, {}),
     "health": (dict, REQUIRED),
+    "preflight": (dict, {}),
+    "notify": (dict, {}),
 }
 
 CONNECTION_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
@@ -119,6 +136,23 @@ class HealthSettings:
 
 
 @dataclass(frozen=True)
+class PreflightSettings:
+    min_disk_percent: float
+    min_disk_mb: int
+    min_memory_mb: int
+    python_min: str
+    nginx: bool
+    required_env: tuple[str, ...]
+    binaries: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    webhooks: tuple[str, ...]
+    timeout: float
+
+
+@dataclass(frozen=True)
 class App:
     name: str
     stack: str
@@ -134,6 +168,8 @@ class App:
     wheelhouse: str
     gunicorn: GunicornSettings
     health: HealthSettings
+    preflight: PreflightSettings
+    notify: NotifySettings
 
 
 @dataclass(frozen=True)
@@ -326,6 +362,11 @@ def _build_app(
     g = _check_table(a["gunicorn"], GUNICORN_SCHEMA, f"{key}.gunicorn", where)
     _choice(g["manager"], MANAGERS, f"{key}.gunicorn.manager", where)
     h = _check_table(a["health"], HEALTH_SCHEMA, f"{key}.health", where)
+    pf = _check_table(a["preflight"], PREFLIGHT_SCHEMA, f"{key}.preflight", where)
+    nt = _check_table(a["notify"], NOTIFY_SCHEMA, f"{key}.notify", where)
+    for list_key, table_key in (("required_env", "preflight"), ("binaries", "preflight"), ("webhooks", "notify")):
+        for i, item in enumerate((pf if table_key == "preflight" else nt)[list_key]):
+            _expect(item, str, f"{key}.{table_key}.{list_key}[{i}]", where)
     _choice(h["via"], HEALTH_VIA, f"{key}.health.via", where)
     for list_key in ("shared_files", "shared_dirs"):
         for i, item in enumerate(a[list_key]):
@@ -359,6 +400,8 @@ def _build_app(
         wheelhouse=a["wheelhouse"],
         gunicorn=GunicornSettings(**{**g, "program": g["program"] or name, "args": tuple(g["args"])}),
         health=HealthSettings(**h),
+        preflight=PreflightSettings(**{**pf, "required_env": tuple(pf["required_env"]), "binaries": tuple(pf["binaries"])}),
+        notify=NotifySettings(webhooks=tuple(nt["webhooks"]), timeout=nt["timeout"]),
     )
 
 

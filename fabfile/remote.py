@@ -8,7 +8,6 @@ changes the host, shows them with -v, and turns failures into clear errors.
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import paramiko
 from fabric import Config, Connection
@@ -16,6 +15,7 @@ from invoke import Context
 from invoke.runners import Result
 
 from .errors import StepFailed
+from .hostkeys import RefuseUnknownHostKey, UnknownHostKey, fingerprint, known_hosts_path
 from .inventory import Target
 from .output import Printer
 
@@ -45,10 +45,11 @@ def open_connection(target: Target) -> Connection | Context:
             connect_kwargs=connect_kwargs,
             connect_timeout=target.connect_timeout,
         )
-    # Fabric accepts unknown host keys silently out of the box; shipfab does not.
-    conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    if target.known_hosts and Path(target.known_hosts).is_file():
-        conn.client.load_host_keys(target.known_hosts)
+    # Fabric accepts unknown host keys silently (and reads no known_hosts); shipfab does not.
+    conn.client.set_missing_host_key_policy(RefuseUnknownHostKey())
+    known_hosts = known_hosts_path(target.known_hosts)
+    if known_hosts.is_file():
+        conn.client.load_host_keys(str(known_hosts))
     return conn
 
 
@@ -68,8 +69,11 @@ class Remote:
             self._conn = open_connection(self.target)
         return self._conn
 
-    def run(self, cmd: str, *, change: bool = True, warn: bool = False, timeout: float | None = None) -> Result:
-        """Run `cmd` on the host. `change=False` marks a read-only query (it runs under --dry-run too)."""
+    def run(
+        self, cmd: str, *, change: bool = True, warn: bool = False, timeout: float | None = None, show_output: bool = True
+    ) -> Result:
+        """Run `cmd` on the host. `change=False` marks a read-only query (it runs under --dry-run too);
+        `show_output=False` keeps its output out of -v (it holds secrets)."""
         shown = self.printer.redact(cmd)
         if self.dry_run and change:
             self.printer.line(f"would run: {shown}", self.host, level=0)
@@ -79,19 +83,21 @@ class Remote:
             res = self.conn.run(cmd, hide=True, warn=True, timeout=timeout, in_stream=False)
         except paramiko.BadHostKeyException as exc:
             raise HostKeyRejected(
-                f"{self.host}: the host key of {exc.hostname} CHANGED (got {_fingerprint(exc.key)}); "
-                "refusing to connect. If the change is expected, remove the old key from known_hosts."
+                f"{self.host}: the host key of {exc.hostname} CHANGED: it presents {fingerprint(exc.key)}, "
+                f"known_hosts has {fingerprint(exc.expected_key)}. Refusing to connect. If the change is expected, "
+                f"remove the old key (ssh-keygen -R) and run: fab -H {self.host} trust"
+            ) from None
+        except UnknownHostKey as exc:
+            raise HostKeyRejected(
+                f"{self.host}: unknown host key for {exc.hostname}: {fingerprint(exc.key)}. Refusing to connect. "
+                f"If that fingerprint is right, trust it: fab -H {self.host} trust "
+                f"(or ssh-keyscan -p {self.target.port} {self.target.hostname} >> {known_hosts_path(self.target.known_hosts)})"
             ) from None
         except paramiko.SSHException as exc:
-            if "not found in known_hosts" in str(exc):
-                raise HostKeyRejected(
-                    f"{self.host}: unknown host key for {self.target.hostname}:{self.target.port}; refusing to "
-                    "connect. Trust it first: ssh-keyscan -p PORT HOST >> known_hosts (and set known_hosts in hosts.toml)"
-                ) from None
             raise ConnectionLost(f"{self.host}: ssh failed: {exc}") from None
         except (TimeoutError, OSError, EOFError) as exc:
             raise ConnectionLost(f"{self.host}: ssh connection failed: {exc or type(exc).__name__}") from None
-        for stream in (res.stdout, res.stderr):
+        for stream in (res.stdout, res.stderr) if show_output else ():
             if stream.strip():
                 self.printer.line(stream.rstrip(), self.host, level=2)
         if res.exited == -1:
@@ -124,7 +130,3 @@ class Remote:
 def _short(cmd: str, limit: int = 160) -> str:
     one = " ".join(cmd.split())
     return one if len(one) <= limit else one[: limit - 3] + "..."
-
-
-def _fingerprint(key: paramiko.PKey) -> str:
-    return f"{key.get_name()} {key.fingerprint}"

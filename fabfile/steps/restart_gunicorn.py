@@ -129,7 +129,8 @@ def restart_script(app: App, layout: Layout, release_id: str, full: bool = False
         f'printf \'%s\\n\' "$venv" > {running_venv}',
         'if [ -n "$old" ]; then',
         f'  new=$p; kill -TERM "$old"; {_wait_gone("$old", g.restart_timeout)}',
-        f'  j=0; while [ "$(cat {q(layout.pidfile)} 2>/dev/null)" != "$new" ] && [ $j -lt {limit} ]; do sleep 0.1; j=$((j+1)); done',
+        f'  j=0; while [ "$(cat {q(layout.pidfile)} 2>/dev/null)" != "$new" ] && [ $j -lt {limit} ]; do'
+        "    sleep 0.1; j=$((j+1)); done",
         "fi",
     ])
 

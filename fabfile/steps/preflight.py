@@ -1,0 +1,169 @@
+"""preflight: the checks a person runs by eye before deploying, run every time.
+
+One read-only round trip gathers the host's facts (disk, memory, binaries, python
+version, `nginx -t`, which required .env keys are set, lock, current release); pure
+functions turn them into checks. `.env` values never leave the host: only key names
+and whether each is empty come back.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import time
+from dataclasses import dataclass
+
+from ..errors import ShipfabError
+from ..inventory import App, Target
+from ..layout import Layout
+from ..remote import Remote
+from .lock import describe_holder
+
+q = shlex.quote
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def required_binaries(app: App) -> list[str]:
+    """What the stack needs on the host."""
+    bins = ["tar", "pgrep", app.python]
+    if app.repo:
+        bins.append("git")
+    if app.health.via == "host":
+        bins.append("curl")
+    bins.append({"supervisor": "supervisorctl", "systemd": "systemctl"}.get(app.gunicorn.manager, "kill"))
+    if app.preflight.nginx:
+        bins.append("nginx")
+    return bins + list(app.preflight.binaries)
+
+
+# awk program printing "envkey NAME set|empty" for each KEY=VALUE line of a .env file.
+ENV_KEYS_AWK = (
+    r"/^[[:space:]]*(export[[:space:]]+)?[A-Za-z_][A-Za-z0-9_]*[[:space:]]*=/ {"
+    r' k=$0; sub(/=.*/, "", k); sub(/^[[:space:]]*(export[[:space:]]+)?/, "", k); gsub(/[[:space:]]/, "", k);'
+    r' v=substr($0, index($0, "=") + 1); gsub(/^[[:space:]"'"'"']+|[[:space:]"'"'"']+$/, "", v);'
+    r' print "envkey", k, (v == "" ? "empty" : "set") }'
+)
+
+
+def facts_cmd(app: App, layout: Layout) -> str:
+    """Print one `name value...` line per fact; read-only."""
+    sudo = "sudo -n " if app.gunicorn.sudo else ""
+    lines = [
+        f"d={q(layout.root)}; while [ ! -d \"$d\" ]; do d=$(dirname \"$d\"); done",
+        "echo \"df $(df -Pk \"$d\" | awk 'NR==2 {print $2, $4}')\"",
+        "echo \"mem $(awk '/^MemAvailable:/ {print $2}' /proc/meminfo)\"",
+        f"for b in {' '.join(q(b) for b in required_binaries(app))}; do "
+        "printf 'bin %s %s\\n' \"$b\" \"$(command -v \"$b\" || echo -)\"; done",
+        f"echo \"pyver $({q(app.python)} -c 'import sys; print(\"%d.%d.%d\" % sys.version_info[:3])' 2>/dev/null"
+        " || echo -)\"",
+        f"if [ -f {q(layout.shared + '/.env')} ]; then echo env present; "
+        f"awk {q(ENV_KEYS_AWK)} {q(layout.shared + '/.env')}; else echo env missing; fi",
+        f"if [ -d {q(layout.lock)} ]; then echo \"lock held $(tr -d '\\n' < {q(layout.lock + '/owner.json')} "
+        "2>/dev/null)\"; else echo lock free; fi",
+        f"echo \"current $(readlink {q(layout.current)} 2>/dev/null) "
+        f"$(cat {q(layout.current + '/REVISION')} 2>/dev/null)\"",
+    ]
+    if app.preflight.nginx:
+        lines.append(f"if out=$({sudo}nginx -t 2>&1); then echo nginx_t ok; "
+                     "else echo \"nginx_t fail $(echo \"$out\" | tail -n 2 | tr '\\n' ' ')\"; fi")
+    return "\n".join(lines)
+
+
+def parse_facts(stdout: str) -> dict[str, list[str]]:
+    facts: dict[str, list[str]] = {}
+    for line in stdout.splitlines():
+        key, _, rest = line.partition(" ")
+        if key in ("bin", "envkey"):
+            facts.setdefault(key, []).append(rest)
+        elif key:
+            facts[key] = [rest]
+    return facts
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split(".") if p.isdigit())
+
+
+def evaluate(app: App, facts: dict[str, list[str]], commits_ahead: str = "") -> list[Check]:
+    """Turn the host's facts into pass/fail checks with details (pure)."""
+    pf = app.preflight
+    checks: list[Check] = []
+    total_kb, _, avail_kb = (facts.get("df", [""])[0] + "  ").partition(" ")
+    try:
+        total, avail = int(total_kb), int(avail_kb)
+        pct = 100.0 * avail / total if total else 0.0
+        ok = pct >= pf.min_disk_percent and avail // 1024 >= pf.min_disk_mb
+        checks.append(Check("disk", ok, f"{avail / 1048576:.1f} GiB free ({pct:.0f} %); need {pf.min_disk_percent:g} % "
+                                        f"and {pf.min_disk_mb} MiB"))
+    except ValueError:
+        checks.append(Check("disk", False, "could not read free disk space (df)"))
+    try:
+        mem_mb = int(facts.get("mem", [""])[0]) // 1024
+        checks.append(Check("memory", mem_mb >= pf.min_memory_mb, f"{mem_mb} MiB available; need {pf.min_memory_mb} MiB"))
+    except ValueError:
+        checks.append(Check("memory", False, "could not read MemAvailable from /proc/meminfo"))
+    missing = [line.split()[0] for line in facts.get("bin", []) if line.split()[-1] == "-"]
+    found = [line.split()[0] for line in facts.get("bin", []) if line.split()[-1] != "-"]
+    checks.append(Check("binaries", not missing, f"missing: {', '.join(missing)}" if missing else ", ".join(found)))
+    pyver = facts.get("pyver", ["-"])[0]
+    if pyver == "-":
+        checks.append(Check("python", False, f"{app.python} does not run"))
+    else:
+        ok = _version_tuple(pyver) >= _version_tuple(pf.python_min)
+        checks.append(Check("python", ok, f"{app.python} {pyver}; need >= {pf.python_min}"))
+    if "nginx_t" in facts:
+        result = facts["nginx_t"][0]
+        checks.append(Check("nginx -t", result == "ok", "configuration ok" if result == "ok" else result[5:].strip()))
+    if pf.required_env:
+        present = {k.split()[0]: k.split()[-1] for k in facts.get("envkey", [])}
+        if facts.get("env", ["missing"])[0] == "missing":
+            checks.append(Check("env keys", False, f"shared/.env is missing; required: {', '.join(pf.required_env)}"))
+        else:
+            absent = [k for k in pf.required_env if k not in present]
+            empty = [k for k in pf.required_env if present.get(k) == "empty"]
+            problems = ([f"missing: {', '.join(absent)}"] if absent else []) + ([f"empty: {', '.join(empty)}"] if empty else [])
+            checks.append(Check("env keys", not problems, "; ".join(problems) or f"all set: {', '.join(pf.required_env)}"))
+    lock = facts.get("lock", ["free"])[0]
+    if lock.startswith("held"):
+        checks.append(Check("lock", False, f"held by {describe_holder(lock[4:].strip())}"))
+    else:
+        checks.append(Check("lock", True, "free"))
+    current = (facts.get("current", [""])[0] + " ").split(" ")
+    release, revision = current[0].rsplit("/", 1)[-1], current[1]
+    ahead = f"; target ref is {commits_ahead} commit(s) ahead" if commits_ahead else ""
+    checks.append(Check("release", True, f"{release} at {revision[:12]}{ahead}" if release else "nothing deployed yet"))
+    return checks
+
+
+def commits_ahead(app: App, current_revision: str, ref: str) -> str:
+    """How many commits `ref` is ahead of the deployed revision (local checkout only; '' if unknown)."""
+    if not app.checkout or not current_revision:
+        return ""
+    res = subprocess.run(["git", "-C", app.checkout, "rev-list", "--count", f"{current_revision}..{ref}"],
+                         capture_output=True, text=True, check=False)
+    return res.stdout.strip() if res.returncode == 0 else ""
+
+
+def run_checks(remote: Remote, target: Target, ref: str | None = None) -> list[Check]:
+    """All pre-flight checks of one host; never changes anything."""
+    app = target.app
+    started = time.monotonic()
+    try:
+        out = remote.run(facts_cmd(app, Layout(app.deploy_to)), change=False, timeout=target.connect_timeout + 20).stdout
+    except ShipfabError as exc:
+        return [Check("ssh", False, f"unreachable: {exc}")]
+    checks = [Check("ssh", True, f"reachable, {1000 * (time.monotonic() - started):.0f} ms for the facts")]
+    facts = parse_facts(out)
+    revision = (facts.get("current", [""])[0] + " ").split(" ")[1]
+    return checks + evaluate(app, facts, commits_ahead(app, revision, ref or app.branch))
+
+
+def checks_json(checks: list[Check]) -> list[dict[str, object]]:
+    return [{"check": c.name, "ok": c.ok, "detail": c.detail} for c in checks]
+
