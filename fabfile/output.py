@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable, Sequence
 
+from .secrets import secret_parts
+
 MASK = "********"
 
 
@@ -17,7 +19,7 @@ class Redactor:
 
     def add(self, secrets: Iterable[str]) -> None:
         # Very short values would mask ordinary words; secrets are longer than that.
-        self._secrets.update(s for s in secrets if s and len(s) >= 4)
+        self._secrets.update(part for s in secrets if s for part in secret_parts(s) if len(part) >= 4)
 
     def __call__(self, text: str) -> str:
         for secret in sorted(self._secrets, key=len, reverse=True):

@@ -7,6 +7,7 @@ changes the host, shows them with -v, and turns failures into clear errors.
 
 from __future__ import annotations
 
+import io
 import shutil
 
 import paramiko
@@ -70,17 +71,20 @@ class Remote:
         return self._conn
 
     def run(
-        self, cmd: str, *, change: bool = True, warn: bool = False, timeout: float | None = None, show_output: bool = True
+        self, cmd: str, *, change: bool = True, warn: bool = False, timeout: float | None = None, show_output: bool = True,
+        stdin: str | None = None,
     ) -> Result:
         """Run `cmd` on the host. `change=False` marks a read-only query (it runs under --dry-run too);
-        `show_output=False` keeps its output out of -v (it holds secrets)."""
+        `show_output=False` keeps its output out of -v (it holds secrets); `stdin` is fed to the
+        command and never shown (how secrets reach it without a command line)."""
         shown = self.printer.redact(cmd)
         if self.dry_run and change:
             self.printer.line(f"would run: {shown}", self.host, level=0)
             return Result(stdout="", stderr="", exited=0, command=cmd)
         self.printer.line(f"$ {shown}", self.host, level=2)
         try:
-            res = self.conn.run(cmd, hide=True, warn=True, timeout=timeout, in_stream=False)
+            in_stream = io.StringIO(stdin) if stdin is not None else False
+            res = self.conn.run(cmd, hide=True, warn=True, timeout=timeout, in_stream=in_stream)
         except paramiko.BadHostKeyException as exc:
             raise HostKeyRejected(
                 f"{self.host}: the host key of {exc.hostname} CHANGED: it presents {fingerprint(exc.key)}, "
@@ -120,6 +124,20 @@ class Remote:
             self.conn.put(local, remote=remote_path)
         except (OSError, EOFError, paramiko.SSHException) as exc:
             raise ConnectionLost(f"{self.host}: upload failed: {exc or type(exc).__name__}") from None
+
+    def get(self, remote_path: str, local: str) -> None:
+        """Download a file (a plain copy for the local sandbox)."""
+        if self.dry_run:
+            self.printer.line(f"would download: {remote_path} -> {local}", self.host, level=0)
+            return
+        self.printer.line(f"download {remote_path} -> {local}", self.host, level=2)
+        if self.target.local:
+            shutil.copyfile(remote_path, local)
+            return
+        try:
+            self.conn.get(remote_path, local=local)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise ConnectionLost(f"{self.host}: download failed: {exc or type(exc).__name__}") from None
 
     def close(self) -> None:
         if self._conn is not None and isinstance(self._conn, Connection):

@@ -28,6 +28,16 @@ def unwrap_marked(data: Any, found: set[str]) -> Any:
     return data
 
 
+def secret_parts(value: str) -> list[str]:
+    """A value and, for a URL with credentials (postgresql://u:pw@h/db), its password too."""
+    parts = [value]
+    if "://" in value and "@" in value:
+        credentials = value.split("://", 1)[1].rsplit("@", 1)[0]
+        if ":" in credentials:
+            parts.append(credentials.split(":", 1)[1])
+    return parts
+
+
 def parse_env(text: str, source: str = ".env") -> dict[str, str]:
     """KEY -> value of a .env text; a syntax error names the line."""
     values: dict[str, str] = {}

@@ -158,7 +158,8 @@ def run_checks(remote: Remote, target: Target, ref: str | None = None) -> list[C
         out = remote.run(facts_cmd(app, Layout(app.deploy_to)), change=False, timeout=target.connect_timeout + 20).stdout
     except ShipfabError as exc:
         return [Check("ssh", False, f"unreachable: {exc}")]
-    checks = [Check("ssh", True, f"reachable, {1000 * (time.monotonic() - started):.0f} ms for the facts")]
+    how = "local sandbox (no ssh)" if target.local else "reachable"
+    checks = [Check("ssh", True, f"{how}, {1000 * (time.monotonic() - started):.0f} ms for the facts")]
     facts = parse_facts(out)
     revision = (facts.get("current", [""])[0] + " ").split(" ")[1]
     return checks + evaluate(app, facts, commits_ahead(app, revision, ref or app.branch))

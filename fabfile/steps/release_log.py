@@ -43,4 +43,6 @@ def read_log(remote: Remote, layout: Layout) -> list[dict[str, Any]]:
 
 
 def append(remote: Remote, layout: Layout, entry: dict[str, Any]) -> None:
-    remote.run(append_cmd(layout, entry))
+    """Append one event; known secret values are masked in what is written too."""
+    masked = json.loads(remote.printer.redact(json.dumps(entry)))
+    remote.run(append_cmd(layout, masked))

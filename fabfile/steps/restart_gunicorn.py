@@ -82,9 +82,10 @@ def _wait_gone(pid: str, seconds: float) -> str:
 
 def restart_script(app: App, layout: Layout, release_id: str, full: bool = False) -> str:
     """One round trip: start, or reload / upgrade / restart, then wait until every worker
-    runs `release_id`. The venv the running master started with is kept in
-    .shipfab/running-venv: a release on another venv needs a new master (USR2 under the
-    pidfile manager; restart under supervisor/systemd, where a USR2 child would escape them).
+    runs `release_id` and (after a reload) none of the workers from before is left. The
+    venv the running master started with is kept in .shipfab/running-venv: a release on
+    another venv needs a new master (USR2 under the pidfile manager; restart under
+    supervisor/systemd, where a USR2 child would escape them).
 
     After USR2 the new master writes `<pidfile>.2` and renames it to the pidfile once the
     old master has exited; if the new master never serves, it is stopped again."""
@@ -102,7 +103,7 @@ def restart_script(app: App, layout: Layout, release_id: str, full: bool = False
         pid_of,
         f"want=$(cd {q(layout.release(release_id))} && pwd -P) || exit 1",
         f"venv=$(readlink {q(layout.release(release_id) + '/.venv')}); ran=$(cat {running_venv} 2>/dev/null)",
-        f"old=; {read_pid}; pid=$p",
+        f"old=; {read_pid}; pid=$p; before=",
         'if [ -z "$pid" ] || ! alive "$pid"; then',
         f"  {cmds['start']} || exit 1; echo ACTION start",
         f"elif [ {'1' if full else '0'} = 1 ]; then",
@@ -110,13 +111,15 @@ def restart_script(app: App, layout: Layout, release_id: str, full: bool = False
         'elif [ "$venv" != "$ran" ]; then',
         f"  {new_master} || exit 1; echo ACTION {'upgrade' if upgrade else 'restart'}",
         "else",
+        '  before=$(pgrep -P "$pid" | tr "\\n" " ")',
         f"  {cmds['reload']} || exit 1; echo ACTION reload",
         "fi",
         "i=0",
         "while :; do",
         f"  {read_pid}; n=0; bad=0",
         '  if [ -n "$p" ] && alive "$p"; then',
-        '    for w in $(pgrep -P "$p"); do n=$((n+1)); [ "$(readlink /proc/$w/cwd)" = "$want" ] || bad=1; done',
+        '    for w in $(pgrep -P "$p"); do n=$((n+1)); [ "$(readlink /proc/$w/cwd)" = "$want" ] || bad=1',
+        '      case " $before " in *" $w "*) bad=1;; esac; done',
         "  fi",
         f'  if [ $n -ge {g.workers} ] && [ $bad = 0 ]; then echo "SERVING $p $n"; break; fi',
         f"  i=$((i+1)); if [ $i -ge {limit} ]; then",
