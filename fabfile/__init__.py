@@ -6,32 +6,41 @@ config as usual); without -H the inventory's `default` target is used.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 from fabric import task
-from invoke import Exit
+from invoke import Collection, Exit
 
-from . import flow
+from . import env_tasks, errors, flow, hostkeys
+from .db_tasks import backup_db, db_check, migrate, restore_db  # noqa: F401  (tasks of the namespace)
 from .errors import ShipfabError, UsageError
 from .flow import HostRun, Options
 from .inventory import Target, load_inventory
-from .output import Printer, table
+from .output import Printer, Redactor, table
 from .release import Release, new_release_id
+from .remote import open_connection
+from .secrets import local_env_values
 from .steps import lock as lock_step
 from .steps import release_log
 from .steps.deploy_code import deploy_code as deploy_code_step
+from .steps.env_file import read_remote_env
 from .steps.health_check import wait_healthy
+from .steps.host_state import read_state
 from .steps.pip_sync import pip_sync as pip_sync_step
 from .steps.restart_gunicorn import restart_gunicorn
 from .steps.switch_release import switch_release as switch_release_step
 
 
-def _targets(c: object) -> list[Target]:
-    return load_inventory().resolve(getattr(c, "original_host", None))
+def _targets(c: object, printer: Printer) -> list[Target]:
+    """The hosts -H names (or the default target); the inventory's secrets join the redaction filter."""
+    inventory = load_inventory()
+    printer.redact.add(inventory.secrets)
+    return inventory.resolve(getattr(c, "original_host", None))
 
 
 def _printer(verbose: bool = False, quiet: bool = False) -> Printer:
-    return Printer(verbosity=2 if verbose else 0 if quiet else 1)
+    return Printer(Redactor(local_env_values()), verbosity=2 if verbose else 0 if quiet else 1)
 
 
 def _cli(fn: Callable[[], int]) -> None:
@@ -50,18 +59,23 @@ def _options(dry_run: bool, verbose: bool, quiet: bool, **kw: object) -> tuple[P
 
 
 @task(help={"ref": "git ref to deploy (default: the app's branch)", "dry-run": "print the commands, change nothing",
-            "full-restart": "stop+start gunicorn instead of a graceful reload"})
-def deploy(c, ref=None, dry_run=False, full_restart=False, verbose=False, quiet=False):
-    """Deploy a git ref: lock, code, venv, switch, reload, health check (auto-rollback on failure)."""
-    printer, options = _options(dry_run, verbose, quiet, ref=ref, full_restart=full_restart)
-    _cli(lambda: flow.deploy(_targets(c), printer, options))
+            "full-restart": "stop+start gunicorn instead of a graceful reload",
+            "skip-checks": "skip the pre-flight checks (logged)", "json": "write a JSON summary to this file",
+            "verbose": "show every remote command and its output", "quiet": "only problems and the summary"})
+def deploy(c, ref=None, dry_run=False, full_restart=False, skip_checks=False, json=None, verbose=False, quiet=False):
+    """Deploy a git ref: checks, lock, code, venv, switch, reload, health check (auto-rollback on failure)."""
+    printer, options = _options(dry_run, verbose, quiet, ref=ref, full_restart=full_restart, skip_checks=skip_checks,
+                                json_path=json)
+    _cli(lambda: flow.deploy(_targets(c, printer), printer, options))
 
 
-@task(help={"to": "release id to go back to (default: the one before current)"})
-def rollback(c, to=None, dry_run=False, verbose=False, quiet=False):
-    """Switch back to the previous release (or --to ID), reload and health-check it."""
-    printer, options = _options(dry_run, verbose, quiet)
-    _cli(lambda: flow.rollback(_targets(c), printer, options, to=to))
+@task(help={"to": "release id to go back to (default: the one before current)", "json": "write a JSON summary here",
+            "with-db": "also restore the database snapshot taken before the left release's migrations",
+            "yes": "do not ask before restoring the database"})
+def rollback(c, to=None, with_db=False, yes=False, dry_run=False, json=None, verbose=False, quiet=False):
+    """Switch back to the previous release (or --to ID), reload and health-check it (--with-db: the database too)."""
+    printer, options = _options(dry_run, verbose, quiet, json_path=json)
+    _cli(lambda: flow.rollback(_targets(c, printer), printer, options, to=to, with_db=with_db, yes=yes))
 
 
 @task
@@ -81,7 +95,7 @@ def releases(c):
                      run.remote.host, level=0)
         return f"{len(records)} release(s), current {run.state.current or '(none)'}"
 
-    _cli(lambda: flow.each_host(_targets(c), printer, Options(), "releases", show, locked=False))
+    _cli(lambda: flow.each_host(_targets(c, printer), printer, Options(), "releases", show, locked=False))
 
 
 @task(help={"ref": "git ref (default: the app's branch)"})
@@ -94,7 +108,7 @@ def deploy_code(c, ref=None, dry_run=False, verbose=False):
         deploy_code_step(run.remote, run.app, run.layout, run.release)
         return f"release {run.release.id} at {run.release.revision[:12]} (not switched)"
 
-    _cli(lambda: flow.each_host(_targets(c), printer, options, "deploy_code", step))
+    _cli(lambda: flow.each_host(_targets(c, printer), printer, options, "deploy_code", step))
 
 
 @task(help={"release": "release id (default: the newest release)"})
@@ -107,7 +121,7 @@ def pip_sync(c, release=None, dry_run=False, verbose=False):
         run.release = Release(id=release_id, ref="")
         return f"{pip_sync_step(run.remote, run.app, run.layout, run.release)} venv {run.release.venv_hash}"
 
-    _cli(lambda: flow.each_host(_targets(c), printer, options, "pip_sync", step))
+    _cli(lambda: flow.each_host(_targets(c, printer), printer, options, "pip_sync", step))
 
 
 @task(help={"to": "release id to make current"})
@@ -119,7 +133,7 @@ def switch_release(c, to, dry_run=False, verbose=False):
         switch_release_step(run.remote, run.layout, _known_release(run, to))
         return f"current -> {to}; run `fab restart` to serve it"
 
-    _cli(lambda: flow.each_host(_targets(c), printer, options, "switch_release", step))
+    _cli(lambda: flow.each_host(_targets(c, printer), printer, options, "switch_release", step))
 
 
 @task(help={"full": "stop + start instead of a graceful reload"})
@@ -130,7 +144,7 @@ def restart(c, full=False, dry_run=False, verbose=False):
     def step(run: HostRun) -> str:
         return restart_gunicorn(run.remote, run.app, run.layout, _known_release(run, run.state.current), full=full)
 
-    _cli(lambda: flow.each_host(_targets(c), printer, options, "restart", step))
+    _cli(lambda: flow.each_host(_targets(c, printer), printer, options, "restart", step))
 
 
 @task
@@ -142,14 +156,85 @@ def health_check(c, verbose=False):
         probe = wait_healthy(run.remote, run.target)
         return f"healthy: {probe.detail}, {probe.latency * 1000:.0f} ms"
 
-    _cli(lambda: flow.each_host(_targets(c), printer, options, "health_check", step, locked=False))
+    _cli(lambda: flow.each_host(_targets(c, printer), printer, options, "health_check", step, locked=False))
+
+
+@task(help={"ref": "git ref to compare with the deployed revision", "json": "write a JSON summary here"})
+def check(c, ref=None, json=None):
+    """Pre-flight only: disk, memory, binaries, python, nginx -t, .env keys, lock, release. Changes nothing."""
+    printer, options = _options(False, False, False, ref=ref, json_path=json)
+
+    def run_all() -> int:
+        runs = flow.make_runs(_targets(c, printer), printer, options)
+        try:
+            for run in runs:
+                read_remote_env(run.remote, run.layout)
+            if flow.preflight_passed(runs, printer, options, always_show=True):
+                for run in runs:
+                    run.status = "ok"
+        finally:
+            for run in runs:
+                run.remote.close()
+        return flow.summarize(runs, printer, "check", timings=False)
+
+    _cli(run_all)
+
+
+@task
+def history(c):
+    """The current release of every host of the target, flagging hosts that differ from the others."""
+    printer = _printer()
+
+    def run_all() -> int:
+        runs = flow.make_runs(_targets(c, printer), printer, Options())
+        rows = []
+        try:
+            for run in runs:
+                run.state = read_state(run.remote, run.layout)
+                record = next((r for r in release_log.read_log(run.remote, run.layout)
+                               if r["release"] == run.state.current), {})
+                rows.append([run.remote.host, run.state.current or "(none)", (record.get("revision") or "")[:10],
+                             record.get("ref", ""), record.get("user", ""), record.get("finished", ""),
+                             len(run.state.releases)])
+                run.status = "ok"
+        finally:
+            for run in runs:
+                run.remote.close()
+        # Same revision = same code, even when deployed under another release id.
+        keys = [row[2] or row[1] for row in rows]
+        majority = max(set(keys), key=keys.count) if keys else ""
+        for row, key in zip(rows, keys, strict=True):
+            row.append("" if key == majority else "DIFFERS")
+        printer.line(table(["host", "current", "revision", "ref", "who", "deployed", "releases", "drift"], rows), level=0)
+        return errors.OK
+
+    _cli(run_all)
+
+
+@task
+def trust(c):
+    """Show each host's ssh key fingerprint and add it to known_hosts (refuses a changed key)."""
+    printer = _printer()
+
+    def step(run: HostRun) -> str:
+        host, port = run.target.hostname, run.target.port
+        if run.target.ssh_alias:
+            resolved = open_connection(run.target)
+            host, port = resolved.host, resolved.port
+        return hostkeys.trust(host, port, hostkeys.known_hosts_path(run.target.known_hosts), run.target.connect_timeout)
+
+    def run_all() -> int:
+        targets = [t for t in _targets(c, printer) if not t.local]
+        return flow.each_host(targets, printer, Options(), "trust", step, locked=False, read_state_first=False)
+
+    _cli(run_all)
 
 
 @task
 def lock(c):
     """Take the deploy lock by hand (maintenance); `fab unlock` releases it."""
     printer = _printer()
-    _cli(lambda: flow.each_host(_targets(c), printer, Options(), "lock",
+    _cli(lambda: flow.each_host(_targets(c, printer), printer, Options(), "lock",
                                 lambda run: lock_step.acquire(run.remote, run.layout, "manual lock") or "held",
                                 locked=False))
 
@@ -166,7 +251,7 @@ def unlock(c):
         lock_step.release(run.remote, run.layout)
         return f"removed the lock held by {holder}"
 
-    _cli(lambda: flow.each_host(_targets(c), printer, Options(), "unlock", step, locked=False))
+    _cli(lambda: flow.each_host(_targets(c, printer), printer, Options(), "unlock", step, locked=False))
 
 
 def _known_release(run: HostRun, release_id: str) -> str:
@@ -185,3 +270,8 @@ def _duration(record: dict) -> str:
     except (KeyError, ValueError, TypeError):
         return "-"
     return f"{took.total_seconds():.0f}s"
+
+
+# The task namespace: every task above, plus `env.push` / `env.diff`.
+ns = Collection.from_module(sys.modules[__name__])
+ns.add_collection(Collection("env", env_tasks.push, env_tasks.diff))

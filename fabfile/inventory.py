@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InventoryError
+from .secrets import unwrap_marked
 
 STACKS = ("gunicorn",)
 MANAGERS = ("systemd", "supervisor", "pidfile")
+ENGINES = ("postgresql", "sqlite")
 HEALTH_VIA = ("controller", "host")
 
 # Schema: key -> (type, default). A default of REQUIRED means the key must be given.
@@ -63,6 +65,28 @@ NOTIFY_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "timeout": ((int, float), 3),
 }
 
+DATABASE_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
+    "engine": (str, "postgresql"),
+    "name": (str, ""),  # postgresql: unset parts come from DATABASE_URL in the remote shared/.env
+    "user": (str, ""),
+    "host": (str, ""),  # as seen from the server ("" = DATABASE_URL's, else the local socket)
+    "port": (int, 0),  # 0 = DATABASE_URL's, else 5432
+    "password": (str, ""),  # secret: never printed nor put on a command line
+    "url_from_env": (bool, True),
+    "pg_bin": (str, ""),  # directory of pg_dump/pg_restore/psql on the host ("" = PATH)
+    "path": (str, ""),  # sqlite: the database file, relative to shared/
+    "keep_backups": (int, 5),
+    "migrate": (str, ""),  # shell command run in the new release, e.g. "alembic upgrade head"
+    "checks": (dict, {}),
+}
+
+DB_CHECKS_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
+    "extensions": (dict, {}),  # name = minimum version ("" = any), e.g. { vector = "0.8" }
+    "columns": (dict, {}),  # "table.column" = type, e.g. { "embeddings.embedding_vector" = "vector" }
+    "indexes": (dict, {}),  # table = [index names]
+    "alembic": (str, ""),  # alembic config in the release ("alembic.ini"): pending migrations check
+}
+
 APP_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "stack": (str, REQUIRED),
     "deploy_to": (str, REQUIRED),
@@ -79,6 +103,7 @@ APP_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "health": (dict, REQUIRED),
     "preflight": (dict, {}),
     "notify": (dict, {}),
+    "database": (dict, None),  # no table: no database for shipfab to look after (an empty one: all from DATABASE_URL)
 }
 
 CONNECTION_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
@@ -153,6 +178,30 @@ class NotifySettings:
 
 
 @dataclass(frozen=True)
+class DbChecks:
+    extensions: dict[str, str]
+    columns: dict[str, str]
+    indexes: dict[str, tuple[str, ...]]
+    alembic: str
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    engine: str
+    name: str
+    user: str
+    host: str
+    port: int
+    password: str = field(repr=False)
+    url_from_env: bool
+    pg_bin: str
+    path: str
+    keep_backups: int
+    migrate: str
+    checks: DbChecks
+
+
+@dataclass(frozen=True)
 class App:
     name: str
     stack: str
@@ -170,6 +219,7 @@ class App:
     health: HealthSettings
     preflight: PreflightSettings
     notify: NotifySettings
+    database: DatabaseSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -197,6 +247,7 @@ class Inventory:
     groups: dict[str, list[str]] = field(default_factory=dict)
     apps: dict[str, App] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
+    secrets: set[str] = field(default_factory=set)  # values written as { secret = "..." }
 
     def names(self) -> list[str]:
         return sorted(self.targets) + sorted(self.groups)
@@ -251,12 +302,14 @@ def load_inventory(path: Path | None = None) -> Inventory:
 def parse_inventory(data: dict[str, Any], path: Path) -> Inventory:
     """Validate the parsed TOML and build the Inventory (errors name file and key path)."""
     where = _Where(path)
+    secrets: set[str] = set()
+    data = unwrap_marked(data, secrets)
     top = _check_table(data, TOP_SCHEMA, "", where)
     defaults = _check_table(top["defaults"], {**CONNECTION_SCHEMA}, "defaults", where)
     base_dir = path.resolve().parent
 
     raw_apps = top["apps"]
-    inv = Inventory(path=path, default=top["default"], defaults=defaults)
+    inv = Inventory(path=path, default=top["default"], defaults=defaults, secrets=secrets)
     for name, raw in raw_apps.items():
         _expect(raw, dict, f"apps.{name}", where)
         inv.apps[name] = _build_app(name, raw, f"apps.{name}", where, base_dir, local=None)
@@ -402,7 +455,39 @@ def _build_app(
         health=HealthSettings(**h),
         preflight=PreflightSettings(**{**pf, "required_env": tuple(pf["required_env"]), "binaries": tuple(pf["binaries"])}),
         notify=NotifySettings(webhooks=tuple(nt["webhooks"]), timeout=nt["timeout"]),
+        database=_database(a["database"], f"{key}.database", where) if a["database"] is not None else None,
     )
+
+
+def _database(raw: dict[str, Any], key: str, where: _Where) -> DatabaseSettings:
+    d = _check_table(raw, DATABASE_SCHEMA, key, where)
+    _choice(d["engine"], ENGINES, f"{key}.engine", where)
+    c = _check_table(d["checks"], DB_CHECKS_SCHEMA, f"{key}.checks", where)
+    if d["engine"] == "sqlite" and not d["path"]:
+        where.fail(f"{key}.path", "missing required key for engine sqlite (the database file, relative to shared/)")
+    if d["engine"] != "sqlite" and d["path"]:
+        where.fail(f"{key}.path", "only for engine sqlite")
+    if d["path"].startswith("/") or ".." in d["path"].split("/"):
+        where.fail(f"{key}.path", f"must be a path inside shared/, got {d['path']!r}")
+    if not 0 <= d["port"] <= 65535:
+        where.fail(f"{key}.port", f"must be a TCP port, got {d['port']}")
+    if "\n" in d["password"]:
+        where.fail(f"{key}.password", "must be one line")
+    if d["keep_backups"] < 1:
+        where.fail(f"{key}.keep_backups", "must be at least 1 (the newest snapshot is always kept)")
+    for name, version in c["extensions"].items():
+        _expect(version, str, f"{key}.checks.extensions.{name}", where)
+    for column, typ in c["columns"].items():
+        _expect(typ, str, f"{key}.checks.columns.{column}", where)
+        if "." not in column:
+            where.fail(f"{key}.checks.columns.{column}", "name the column as \"table.column\"")
+    for table, names in c["indexes"].items():
+        _expect(names, list, f"{key}.checks.indexes.{table}", where)
+        for i, name in enumerate(names):
+            _expect(name, str, f"{key}.checks.indexes.{table}[{i}]", where)
+    checks = DbChecks(extensions=c["extensions"], columns=c["columns"], alembic=c["alembic"],
+                      indexes={t: tuple(n) for t, n in c["indexes"].items()})
+    return DatabaseSettings(**{**d, "checks": checks})
 
 
 def _connection_settings(defaults: dict[str, Any], host: dict[str, Any]) -> dict[str, Any]:

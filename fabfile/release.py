@@ -39,4 +39,6 @@ class Release:
     previous: str = ""  # the release that was current when the deploy started
     venv_hash: str = ""
     switched: bool = False
+    backup: str = ""  # the database snapshot taken before this release's migrations
+    migrated: bool = False  # its migrations ran (on this host)
     timings: dict[str, float] = field(default_factory=dict)

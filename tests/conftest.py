@@ -112,6 +112,7 @@ class World:
     hosts: dict[str, Host] = field(default_factory=dict)
     groups: dict[str, list[str]] = field(default_factory=dict)
     extra_app: dict = field(default_factory=dict)
+    extra_toml: str = ""  # appended to [apps.sample] (e.g. preflight / notify tables)
 
     def __post_init__(self) -> None:
         self.keys = make_ssh_keys(self.tmp / "keys")
@@ -146,6 +147,7 @@ class World:
             f'wheelhouse = "{self.wheelhouse}"',
             "keep_releases = 3",
             *[f"{k} = {json.dumps(v)}" for k, v in self.extra_app.items()],
+            self.extra_toml,
             "[apps.sample.health]",
             'url = "http://127.0.0.1:0/health"',
             'json = { status = "ok" }',
@@ -171,15 +173,15 @@ class World:
         self.inventory.write_text("\n".join(lines) + "\n")
 
     def fab(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-        """Run the real `fab` CLI against this world's hosts.toml."""
+        """Run the real `fab` CLI on this world's hosts.toml, from its dir (so its .env is the local one)."""
         env = {**os.environ, "SHIPFAB_HOSTS": str(self.inventory)}
         return subprocess.run([*FAB, "-r", str(REPO), *args], capture_output=True, text=True, env=env,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
+                              timeout=timeout, stdin=subprocess.DEVNULL, cwd=self.tmp)
 
     def popen_fab(self, *args: str) -> subprocess.Popen[str]:
         env = {**os.environ, "SHIPFAB_HOSTS": str(self.inventory)}
         return subprocess.Popen([*FAB, "-r", str(REPO), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, env=env, stdin=subprocess.DEVNULL)
+                                text=True, env=env, stdin=subprocess.DEVNULL, cwd=self.tmp)
 
     def stop(self) -> None:
         for h in self.hosts.values():

@@ -28,7 +28,22 @@ def index():
     return f"shipfab sample app {VERSION} ({REVISION[:12]})\n"
 
 
+@app.get("/items")
+def items():
+    """The rows of the items table (migrations/ creates and changes it)."""
+    from sqlalchemy import text
+
+    from db import engine  # only this route needs the database
+
+    with engine.connect() as conn:
+        return jsonify([dict(row._mapping) for row in conn.execute(text("SELECT * FROM items ORDER BY id"))])
+
+
 @app.get("/health")
 def health():
     body = {"status": "ok" if HEALTHY else "broken", "version": VERSION, "revision": REVISION, "pid": os.getpid()}
+    if not HEALTHY:
+        # Like many real apps, the broken release leaks configuration in its error:
+        # shipfab must mask it wherever it shows the body.
+        body["error"] = f"cannot connect to {os.environ.get('DATABASE_URL', 'the database')}"
     return jsonify(body), (200 if HEALTHY else 500)

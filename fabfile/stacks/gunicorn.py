@@ -1,13 +1,14 @@
 """gunicorn stack: Flask (any WSGI) app under gunicorn, behind nginx.
 
-Automates seeds/000 (OntExtract): copy code, pip install, restart, curl — with atomic
-releases and a graceful reload instead of stop/start.
+Automates seeds/000 (OntExtract): pg_dump, copy code, pip install, migrate, restart,
+curl — with a verified snapshot, atomic releases and a graceful reload instead of stop/start.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..dbflow import backup_step, migrate_step
 from ..steps.deploy_code import deploy_code
 from ..steps.health_check import wait_healthy
 from ..steps.pip_sync import pip_sync
@@ -52,8 +53,10 @@ def _activate(run: HostRun, release_id: str) -> str:
 GUNICORN = Stack(
     name="gunicorn",
     deploy_steps=(
+        Step("backup_db", backup_step),
         Step("deploy_code", _deploy_code),
         Step("pip_sync", _pip_sync),
+        Step("migrate", migrate_step),
         Step("switch_release", _switch, switches=True),
         Step("restart", _restart),
         Step("health_check", _health),

@@ -162,7 +162,9 @@ def run_checks(remote: Remote, target: Target, ref: str | None = None) -> list[C
     checks = [Check("ssh", True, f"{how}, {1000 * (time.monotonic() - started):.0f} ms for the facts")]
     facts = parse_facts(out)
     revision = (facts.get("current", [""])[0] + " ").split(" ")[1]
-    return checks + evaluate(app, facts, commits_ahead(app, revision, ref or app.branch))
+    from . import db_checks  # db_checks builds on this module's Check
+
+    return checks + evaluate(app, facts, commits_ahead(app, revision, ref or app.branch)) + db_checks.run_checks(remote, target)
 
 
 def checks_json(checks: list[Check]) -> list[dict[str, object]]:
