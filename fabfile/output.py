@@ -39,8 +39,11 @@ class Printer:
             return
         prefix = f"[{host}] " if host else ""
         stream = sys.stderr if err else sys.stdout
-        for part in self.redact(text).splitlines() or [""]:
-            print(f"{prefix}{part}", file=stream, flush=True)
+        try:
+            for part in self.redact(text).splitlines() or [""]:
+                print(f"{prefix}{part}", file=stream, flush=True)
+        except BrokenPipeError:  # `fab ... | head`: the reader left; the deploy itself goes on
+            self.verbosity = -1
 
     def error(self, text: str, host: str = "") -> None:
         self.line(text, host, level=0, err=True)

@@ -76,6 +76,7 @@ class Host:
     manager: str
     nginx: Nginx | None = None
     supervisord: Supervisord | None = None
+    health_via: str = "controller"
 
     @property
     def layout(self) -> Layout:
@@ -166,7 +167,7 @@ class World:
                 f"[hosts.{h.name}.overrides]",
                 f'deploy_to = "{h.deploy_to}"',
                 f"gunicorn = {_inline(gun)}",
-                f'health = {{ url = "http://127.0.0.1:{h.port}/health" }}',
+                f'health = {{ url = "http://127.0.0.1:{h.port}/health", via = "{h.health_via}" }}',
             ]
         lines.append("[groups]")
         lines += [f"{g} = {json.dumps(m)}" for g, m in self.groups.items()]

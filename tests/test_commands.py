@@ -209,3 +209,48 @@ def test_redactor_and_table():
 
 def test_exit_code_priority_puts_manual_action_first():
     assert EXIT_PRIORITY[0] == 2
+
+
+def test_preflight_binaries_and_evaluate():
+    from dataclasses import replace
+
+    from fabfile.steps import preflight
+
+    a = app("supervisor")
+    a = replace(a, preflight=replace(a.preflight, nginx=True, required_env=("API_KEY", "SECRET", "OTHER")))
+    assert preflight.required_binaries(a) == ["tar", "pgrep", "python3", "supervisorctl", "nginx"]
+    facts = preflight.parse_facts(
+        "df 1000000 50000\nmem 1048576\nbin tar /usr/bin/tar\nbin nginx -\npyver 3.11.7\nenv present\n"
+        "envkey API_KEY set\nenvkey SECRET empty\n"
+        'lock held {"user":"ann","controller":"lt","pid":3,"since":"S","ref":"v2"}\n'
+        "current /srv/app/releases/R7 0123456789abcdef\nnginx_t fail nginx: [emerg] unknown directive \"x\"\n"
+    )
+    checks = {c.name: (c.ok, c.detail) for c in preflight.evaluate(a, facts, "3")}
+    assert checks["disk"] == (False, "0.0 GiB free (5 %); need 10 % and 1024 MiB")
+    assert checks["memory"] == (True, "1024 MiB available; need 128 MiB")
+    assert checks["binaries"] == (False, "missing: nginx")
+    assert checks["python"] == (True, "python3 3.11.7; need >= 3.8")
+    assert checks["nginx -t"] == (False, 'nginx: [emerg] unknown directive "x"')
+    assert checks["env keys"] == (False, "missing: OTHER; empty: SECRET")
+    assert checks["lock"] == (False, "held by ann@lt (pid 3) since S, deploying 'v2'")
+    assert checks["release"] == (True, "R7 at 0123456789ab; target ref is 3 commit(s) ahead")
+
+
+def test_preflight_facts_script_runs_read_only(tmp_path):
+    """The facts script is plain sh: run it for real on this machine against a small tree."""
+    from fabfile.steps import preflight
+
+    root = tmp_path / "app"
+    (root / "shared").mkdir(parents=True)
+    (root / "shared" / ".env").write_text('export API_KEY=abc\nEMPTY=""\n# comment\nSPACED = "x y"\n')
+    a = app()
+    from dataclasses import replace
+
+    a = replace(a, deploy_to=str(root))
+    before = sorted(p.name for p in root.rglob("*"))
+    out = subprocess.run(["sh", "-c", preflight.facts_cmd(a, Layout(str(root)))], capture_output=True, text=True).stdout
+    facts = preflight.parse_facts(out)
+    assert sorted(facts["envkey"]) == ["API_KEY set", "EMPTY empty", "SPACED set"]
+    assert "abc" not in out and "x y" not in out  # values never leave the host
+    assert facts["lock"] == ["free"] and facts["pyver"][0].count(".") == 2
+    assert sorted(p.name for p in root.rglob("*")) == before

@@ -294,3 +294,14 @@ def test_unknown_host_key_is_refused(world):
     res = world.fab("-H", "web1", "deploy", "--ref", "v1")
     assert res.returncode != 0 and "unknown host key" in res.stdout + res.stderr
     assert host.releases() == []
+
+
+def test_health_check_with_curl_on_the_host(world):
+    host = world.add_host("web1", manager="pidfile")
+    host.health_via = "host"
+    world.write()
+    out = ok(world.fab("-H", "web1", "deploy", "--ref", "v1", "-v"))
+    assert "[web1] $ curl -sS --max-time 5" in out and "health_check    ok" in out
+    res = world.fab("-H", "web1", "deploy", "--ref", "broken")
+    assert res.returncode == 1 and "status 500 (expected 200)" in res.stdout  # the body came back through curl
+    assert host.health()["version"] == "v1"

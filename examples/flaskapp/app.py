@@ -31,9 +31,8 @@ def index():
 @app.get("/items")
 def items():
     """The rows of the items table (migrations/ creates and changes it)."""
-    from sqlalchemy import text
-
     from db import engine  # only this route needs the database
+    from sqlalchemy import text
 
     with engine.connect() as conn:
         return jsonify([dict(row._mapping) for row in conn.execute(text("SELECT * FROM items ORDER BY id"))])

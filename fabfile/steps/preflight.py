@@ -39,6 +39,9 @@ def required_binaries(app: App) -> list[str]:
     bins.append({"supervisor": "supervisorctl", "systemd": "systemctl"}.get(app.gunicorn.manager, "kill"))
     if app.preflight.nginx:
         bins.append("nginx")
+    db = app.database
+    if db is not None and db.engine == "postgresql":
+        bins += [f"{db.pg_bin.rstrip('/')}/{tool}" if db.pg_bin else tool for tool in ("pg_dump", "pg_restore", "psql")]
     return bins + list(app.preflight.binaries)
 
 

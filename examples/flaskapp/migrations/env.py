@@ -5,7 +5,6 @@ upgrade: shipfab restores the snapshot it took just before)."""
 from logging.config import fileConfig
 
 from alembic import context
-
 from db import engine
 
 if context.config.config_file_name:
