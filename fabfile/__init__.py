@@ -7,20 +7,17 @@ config as usual); without -H the inventory's `default` target is used.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 
 from fabric import task
-from invoke import Collection, Exit
+from invoke import Collection
 
 from . import env_tasks, errors, flow, hostkeys
+from .cli import duration, known_release, options_for, printer_for, run_cli, targets
 from .db_tasks import backup_db, db_check, migrate, restore_db  # noqa: F401  (tasks of the namespace)
-from .errors import ShipfabError, UsageError
 from .flow import HostRun, Options
-from .inventory import Target, load_inventory
-from .output import Printer, Redactor, table
+from .output import table
 from .release import Release, new_release_id
 from .remote import open_connection
-from .secrets import local_env_values
 from .steps import lock as lock_step
 from .steps import release_log
 from .steps.deploy_code import deploy_code as deploy_code_step
@@ -32,41 +29,18 @@ from .steps.restart_gunicorn import restart_gunicorn
 from .steps.switch_release import switch_release as switch_release_step
 
 
-def _targets(c: object, printer: Printer) -> list[Target]:
-    """The hosts -H names (or the default target); the inventory's secrets join the redaction filter."""
-    inventory = load_inventory()
-    printer.redact.add(inventory.secrets)
-    return inventory.resolve(getattr(c, "original_host", None))
-
-
-def _printer(verbose: bool = False, quiet: bool = False) -> Printer:
-    return Printer(Redactor(local_env_values()), verbosity=2 if verbose else 0 if quiet else 1)
-
-
-def _cli(fn: Callable[[], int]) -> None:
-    """Run a task body; expected failures become one message and an exit code, never a traceback."""
-    try:
-        code = fn()
-    except ShipfabError as exc:
-        raise Exit(f"shipfab: {exc}", code=exc.exit_code) from None
-    if code:
-        raise Exit(code=code)
-
-
-def _options(dry_run: bool, verbose: bool, quiet: bool, **kw: object) -> tuple[Printer, Options]:
-    printer = _printer(verbose, quiet)
-    return printer, Options(dry_run=dry_run, verbosity=printer.verbosity, **kw)  # type: ignore[arg-type]
-
-
 @task(help={"ref": "git ref to deploy (default: the app's branch)", "dry-run": "print the commands, change nothing",
             "full-restart": "stop+start gunicorn instead of a graceful reload",
             "skip-checks": "skip the pre-flight checks (logged)", "json": "write a JSON summary to this file",
+            "skip-backup": "no database snapshot before migrating (logged; a failed migration cannot be undone)",
             "verbose": "show every remote command and its output", "quiet": "only problems and the summary"})
-def deploy(c, ref=None, dry_run=False, full_restart=False, skip_checks=False, json=None, verbose=False, quiet=False):
+def deploy(c, ref=None, dry_run=False, full_restart=False, skip_checks=False, skip_backup=False, json=None, verbose=False,
+           quiet=False):
     """Deploy a git ref: checks, lock, code, venv, switch, reload, health check (auto-rollback on failure)."""
-    printer, options = _options(dry_run, verbose, quiet, ref=ref, full_restart=full_restart, skip_checks=skip_checks,
+    printer, options = options_for(dry_run, verbose, quiet, ref=ref, full_restart=full_restart, skip_checks=skip_checks,
+                                   skip_backup=skip_backup,
                                 json_path=json)
-    _cli(lambda: flow.deploy(_targets(c, printer), printer, options))
+    run_cli(lambda: flow.deploy(targets(c, printer), printer, options))
 
 
 @task(help={"to": "release id to go back to (default: the one before current)", "json": "write a JSON summary here",
@@ -74,20 +48,20 @@ def deploy(c, ref=None, dry_run=False, full_restart=False, skip_checks=False, js
             "yes": "do not ask before restoring the database"})
 def rollback(c, to=None, with_db=False, yes=False, dry_run=False, json=None, verbose=False, quiet=False):
     """Switch back to the previous release (or --to ID), reload and health-check it (--with-db: the database too)."""
-    printer, options = _options(dry_run, verbose, quiet, json_path=json)
-    _cli(lambda: flow.rollback(_targets(c, printer), printer, options, to=to, with_db=with_db, yes=yes))
+    printer, options = options_for(dry_run, verbose, quiet, json_path=json)
+    run_cli(lambda: flow.rollback(targets(c, printer), printer, options, to=to, with_db=with_db, yes=yes))
 
 
 @task
 def releases(c):
     """Show the release log of each host: id, revision, ref, who, when, status, snapshot."""
-    printer = _printer()
+    printer = printer_for()
 
     def show(run: HostRun) -> str:
         records = release_log.read_log(run.remote, run.layout)
         rows = [
             [("* " if r["release"] == run.state.current else "  ") + r["release"], (r.get("revision") or "")[:10],
-             r.get("ref", ""), r.get("user", ""), r.get("started", ""), _duration(r), r.get("status", ""),
+             r.get("ref", ""), r.get("user", ""), r.get("started", ""), duration(r), r.get("status", ""),
              r.get("backup") or "-"]
             for r in records
         ]
@@ -95,77 +69,77 @@ def releases(c):
                      run.remote.host, level=0)
         return f"{len(records)} release(s), current {run.state.current or '(none)'}"
 
-    _cli(lambda: flow.each_host(_targets(c, printer), printer, Options(), "releases", show, locked=False))
+    run_cli(lambda: flow.each_host(targets(c, printer), printer, Options(), "releases", show, locked=False))
 
 
 @task(help={"ref": "git ref (default: the app's branch)"})
 def deploy_code(c, ref=None, dry_run=False, verbose=False):
     """Step alone: create a new release directory from a git ref (not switched)."""
-    printer, options = _options(dry_run, verbose, False)
+    printer, options = options_for(dry_run, verbose, False)
 
     def step(run: HostRun) -> str:
         run.release = Release(id=new_release_id(list(run.state.releases)), ref=ref or run.app.branch)
         deploy_code_step(run.remote, run.app, run.layout, run.release)
         return f"release {run.release.id} at {run.release.revision[:12]} (not switched)"
 
-    _cli(lambda: flow.each_host(_targets(c, printer), printer, options, "deploy_code", step))
+    run_cli(lambda: flow.each_host(targets(c, printer), printer, options, "deploy_code", step))
 
 
 @task(help={"release": "release id (default: the newest release)"})
 def pip_sync(c, release=None, dry_run=False, verbose=False):
     """Step alone: build or reuse the venv of a release (default: the newest)."""
-    printer, options = _options(dry_run, verbose, False)
+    printer, options = options_for(dry_run, verbose, False)
 
     def step(run: HostRun) -> str:
-        release_id = _known_release(run, release or (run.state.releases[-1] if run.state.releases else ""))
+        release_id = known_release(run, release or (run.state.releases[-1] if run.state.releases else ""))
         run.release = Release(id=release_id, ref="")
         return f"{pip_sync_step(run.remote, run.app, run.layout, run.release)} venv {run.release.venv_hash}"
 
-    _cli(lambda: flow.each_host(_targets(c, printer), printer, options, "pip_sync", step))
+    run_cli(lambda: flow.each_host(targets(c, printer), printer, options, "pip_sync", step))
 
 
 @task(help={"to": "release id to make current"})
 def switch_release(c, to, dry_run=False, verbose=False):
     """Step alone: point `current` at a release atomically (run `restart` after it)."""
-    printer, options = _options(dry_run, verbose, False)
+    printer, options = options_for(dry_run, verbose, False)
 
     def step(run: HostRun) -> str:
-        switch_release_step(run.remote, run.layout, _known_release(run, to))
+        switch_release_step(run.remote, run.layout, known_release(run, to))
         return f"current -> {to}; run `fab restart` to serve it"
 
-    _cli(lambda: flow.each_host(_targets(c, printer), printer, options, "switch_release", step))
+    run_cli(lambda: flow.each_host(targets(c, printer), printer, options, "switch_release", step))
 
 
 @task(help={"full": "stop + start instead of a graceful reload"})
 def restart(c, full=False, dry_run=False, verbose=False):
     """Step alone: reload (or --full restart) gunicorn and confirm it serves the current release."""
-    printer, options = _options(dry_run, verbose, False)
+    printer, options = options_for(dry_run, verbose, False)
 
     def step(run: HostRun) -> str:
-        return restart_gunicorn(run.remote, run.app, run.layout, _known_release(run, run.state.current), full=full)
+        return restart_gunicorn(run.remote, run.app, run.layout, known_release(run, run.state.current), full=full)
 
-    _cli(lambda: flow.each_host(_targets(c, printer), printer, options, "restart", step))
+    run_cli(lambda: flow.each_host(targets(c, printer), printer, options, "restart", step))
 
 
 @task
 def health_check(c, verbose=False):
     """Step alone: HTTP health check of each host (retries until the app's timeout)."""
-    printer, options = _options(False, verbose, False)
+    printer, options = options_for(False, verbose, False)
 
     def step(run: HostRun) -> str:
         probe = wait_healthy(run.remote, run.target)
         return f"healthy: {probe.detail}, {probe.latency * 1000:.0f} ms"
 
-    _cli(lambda: flow.each_host(_targets(c, printer), printer, options, "health_check", step, locked=False))
+    run_cli(lambda: flow.each_host(targets(c, printer), printer, options, "health_check", step, locked=False))
 
 
 @task(help={"ref": "git ref to compare with the deployed revision", "json": "write a JSON summary here"})
 def check(c, ref=None, json=None):
     """Pre-flight only: disk, memory, binaries, python, nginx -t, .env keys, lock, release. Changes nothing."""
-    printer, options = _options(False, False, False, ref=ref, json_path=json)
+    printer, options = options_for(False, False, False, ref=ref, json_path=json)
 
     def run_all() -> int:
-        runs = flow.make_runs(_targets(c, printer), printer, options)
+        runs = flow.make_runs(targets(c, printer), printer, options)
         try:
             for run in runs:
                 read_remote_env(run.remote, run.layout)
@@ -177,16 +151,16 @@ def check(c, ref=None, json=None):
                 run.remote.close()
         return flow.summarize(runs, printer, "check", timings=False)
 
-    _cli(run_all)
+    run_cli(run_all)
 
 
 @task
 def history(c):
     """The current release of every host of the target, flagging hosts that differ from the others."""
-    printer = _printer()
+    printer = printer_for()
 
     def run_all() -> int:
-        runs = flow.make_runs(_targets(c, printer), printer, Options())
+        runs = flow.make_runs(targets(c, printer), printer, Options())
         rows = []
         try:
             for run in runs:
@@ -208,13 +182,13 @@ def history(c):
         printer.line(table(["host", "current", "revision", "ref", "who", "deployed", "releases", "drift"], rows), level=0)
         return errors.OK
 
-    _cli(run_all)
+    run_cli(run_all)
 
 
 @task
 def trust(c):
     """Show each host's ssh key fingerprint and add it to known_hosts (refuses a changed key)."""
-    printer = _printer()
+    printer = printer_for()
 
     def step(run: HostRun) -> str:
         host, port = run.target.hostname, run.target.port
@@ -224,17 +198,17 @@ def trust(c):
         return hostkeys.trust(host, port, hostkeys.known_hosts_path(run.target.known_hosts), run.target.connect_timeout)
 
     def run_all() -> int:
-        targets = [t for t in _targets(c, printer) if not t.local]
-        return flow.each_host(targets, printer, Options(), "trust", step, locked=False, read_state_first=False)
+        ssh_targets = [t for t in targets(c, printer) if not t.local]
+        return flow.each_host(ssh_targets, printer, Options(), "trust", step, locked=False, read_state_first=False)
 
-    _cli(run_all)
+    run_cli(run_all)
 
 
 @task
 def lock(c):
     """Take the deploy lock by hand (maintenance); `fab unlock` releases it."""
-    printer = _printer()
-    _cli(lambda: flow.each_host(_targets(c, printer), printer, Options(), "lock",
+    printer = printer_for()
+    run_cli(lambda: flow.each_host(targets(c, printer), printer, Options(), "lock",
                                 lambda run: lock_step.acquire(run.remote, run.layout, "manual lock") or "held",
                                 locked=False))
 
@@ -242,7 +216,7 @@ def lock(c):
 @task
 def unlock(c):
     """Remove the deploy lock (a stale one after a crash); prints who held it first."""
-    printer = _printer()
+    printer = printer_for()
 
     def step(run: HostRun) -> str:
         holder = lock_step.holder(run.remote, run.layout)
@@ -251,25 +225,7 @@ def unlock(c):
         lock_step.release(run.remote, run.layout)
         return f"removed the lock held by {holder}"
 
-    _cli(lambda: flow.each_host(_targets(c, printer), printer, Options(), "unlock", step, locked=False))
-
-
-def _known_release(run: HostRun, release_id: str) -> str:
-    if not release_id or release_id not in run.state.releases:
-        valid = ", ".join(run.state.releases) or "(none)"
-        raise UsageError(f"{run.remote.host}: unknown release {release_id or '(none)'!r}; valid ids: {valid}")
-    return release_id
-
-
-def _duration(record: dict) -> str:
-    from datetime import datetime
-
-    try:
-        fmt = "%Y-%m-%dT%H:%M:%SZ"
-        took = datetime.strptime(record["finished"], fmt) - datetime.strptime(record["started"], fmt)
-    except (KeyError, ValueError, TypeError):
-        return "-"
-    return f"{took.total_seconds():.0f}s"
+    run_cli(lambda: flow.each_host(targets(c, printer), printer, Options(), "unlock", step, locked=False))
 
 
 # The task namespace: every task above, plus `env.push` / `env.diff`.

@@ -12,6 +12,7 @@ from pathlib import Path
 from fabric import task
 
 from . import errors, flow
+from .cli import known_release, options_for, printer_for, run_cli, targets
 from .db import DbConn, confirm, connection, handles_database
 from .errors import ShipfabError, UsageError
 from .flow import HostRun, Options
@@ -32,9 +33,7 @@ class DbChecksFailed(ShipfabError):
 def _each_database_host(c: object, name: str, what: str, body: Callable[[HostRun, DbConn], str], dry_run: bool,
                         verbose: bool) -> None:
     """Run `body` under the deploy lock on each host that handles the database in this run."""
-    from . import _cli, _options, _targets  # the package's helpers; imported late to avoid a cycle
-
-    printer, options = _options(dry_run, verbose, False)
+    printer, options = options_for(dry_run, verbose, False)
 
     def step(run: HostRun) -> str:
         if run.app.database is None:
@@ -43,7 +42,7 @@ def _each_database_host(c: object, name: str, what: str, body: Callable[[HostRun
             return f"skipped: {what} on {run.primary} (primary; the database is shared)"
         return body(run, connection(run.remote, run.target))
 
-    _cli(lambda: flow.each_host(_targets(c, printer), printer, options, name, step))
+    run_cli(lambda: flow.each_host(targets(c, printer), printer, options, name, step))
 
 
 @task(help={"download": "also copy the snapshot to ./backups/<host>/ here", "dry-run": "print the commands, change nothing"})
@@ -87,13 +86,11 @@ def restore_db(c, release=None, yes=False, dry_run=False, verbose=False):
 @task(help={"release": "release to run it in (default: the current one)", "dry-run": "print the command only"})
 def migrate(c, release=None, dry_run=False, verbose=False):
     """Step alone: the app's migrate command in a release (default: current), on the primary host."""
-    from . import _known_release
-
     def body(run: HostRun, conn: DbConn) -> str:
         command = run.app.database.migrate  # type: ignore[union-attr]
         if not command:
             raise UsageError(f"{run.remote.host}: no migrate command: set migrate in [apps.{run.app.name}.database]")
-        return run_migrate(run.remote, conn, run.layout, _known_release(run, release or run.state.current), command)
+        return run_migrate(run.remote, conn, run.layout, known_release(run, release or run.state.current), command)
 
     _each_database_host(c, "migrate", "migrations run", body, dry_run, verbose)
 
@@ -101,9 +98,7 @@ def migrate(c, release=None, dry_run=False, verbose=False):
 @task
 def db_check(c):
     """Database checks: connection, extensions, columns, indexes, pending migrations. Changes nothing."""
-    from . import _cli, _printer, _targets
-
-    printer = _printer()
+    printer = printer_for()
 
     def step(run: HostRun) -> str:
         checks = run_checks(run.remote, run.target)
@@ -117,4 +112,4 @@ def db_check(c):
                                  + "; ".join(f"{c.name}: {c.detail}" for c in failed))
         return f"{len(checks)} database checks passed"
 
-    _cli(lambda: flow.each_host(_targets(c, printer), printer, Options(), "db_check", step, locked=False))
+    run_cli(lambda: flow.each_host(targets(c, printer), printer, Options(), "db_check", step, locked=False))

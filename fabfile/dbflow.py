@@ -45,6 +45,8 @@ def backup_step(run: HostRun) -> str:
     skip = _skip(run, "the shared database is backed up")
     if skip:
         return skip
+    if run.options.skip_backup:
+        return "skipped (--skip-backup): this release has no snapshot, a failed migration cannot be undone"
     conn = connection(run.remote, run.target)
     snap = backup_db(run.remote, conn, run.app.python, run.layout, run.release.id)
     if snap is None:
@@ -71,8 +73,8 @@ def _restore_after(run: HostRun, conn: DbConn, failure: MigrationFailed) -> Step
     """Put back the snapshot taken just before the failed migration; the error says how that went."""
     host, release_id, backup = run.remote.host, run.release.id, run.release.backup
     if not backup:
-        return DatabaseNotRestored(f"{failure}\nNo snapshot to restore (there was no database before this deploy): "
-                                   f"check {conn.label()} by hand")
+        why = "--skip-backup was given" if run.options.skip_backup else "there was no database before this deploy"
+        return DatabaseNotRestored(f"{failure}\nNo snapshot to restore ({why}): check {conn.label()} by hand")
     try:
         run.timed("restore_db", lambda: restore_db(run.remote, conn, run.app.python, run.layout, release_id))
     except ShipfabError as exc:

@@ -8,6 +8,7 @@ from pathlib import Path
 from fabric import task
 
 from . import flow
+from .cli import run_cli, targets
 from .errors import UsageError
 from .flow import HostRun, Options
 from .output import Printer, Redactor
@@ -31,8 +32,6 @@ def _describe(diff: dict[str, list[str]]) -> str:
 @task(positional=["file"], help={"file": "local env file (default .env)", "restart": "reload the app afterwards"})
 def push(c, file=None, restart=False, dry_run=False):
     """Upload a local env file to shared/.env (validated, atomic, 0600; previous kept as .env.previous)."""
-    from . import _cli, _targets  # the package's own helpers; imported late to avoid a cycle
-
     def run_all() -> int:
         new = _local_values(file or ".env")
         printer = Printer(Redactor(new.values()))
@@ -48,16 +47,14 @@ def push(c, file=None, restart=False, dry_run=False):
                 detail += f"; the app reads it on its next reload: fab -H {run.remote.host} restart"
             return detail
 
-        return flow.each_host(_targets(c, printer), printer, options, "env.push", step)
+        return flow.each_host(targets(c, printer), printer, options, "env.push", step)
 
-    _cli(run_all)
+    run_cli(run_all)
 
 
 @task(positional=["file"], help={"file": "local env file (default .env)"})
 def diff(c, file=None):
     """Keys added, removed and changed between a local env file and shared/.env: names only, never values."""
-    from . import _cli, _targets
-
     def run_all() -> int:
         new = _local_values(file or ".env")
         printer = Printer(Redactor(new.values()))
@@ -65,6 +62,6 @@ def diff(c, file=None):
         def step(run: HostRun) -> str:
             return _describe(env_diff(env_file.read_remote_env(run.remote, run.layout), new))
 
-        return flow.each_host(_targets(c, printer), printer, Options(), "env.diff", step, locked=False)
+        return flow.each_host(targets(c, printer), printer, Options(), "env.diff", step, locked=False)
 
-    _cli(run_all)
+    run_cli(run_all)

@@ -42,6 +42,7 @@ class Options:
     full_restart: bool = False
     verbosity: int = 1
     skip_checks: bool = False
+    skip_backup: bool = False
     json_path: str | None = None
 
 
@@ -271,6 +272,7 @@ def _finish(run: HostRun, started: str) -> None:
         "finished": _now(),
         "previous": release.previous,
         "backup": release.backup or None,
+        "backup_skipped": run.options.skip_backup,
         "migrated": release.migrated,
         "preflight": "skipped (--skip-checks)" if run.options.skip_checks else "passed",
         "timings": {k: round(v, 3) for k, v in run.timings.items()},

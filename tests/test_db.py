@@ -374,5 +374,11 @@ local = true
         assert f"fab -H local restore-db --release {v2} --yes" in plain
         ok(fab("restore-db", "--release", v2, "--yes"))
         assert "price" not in items(port)[0]
+
+        # --skip-backup: no snapshot, and the release log says so
+        skipped = ok(fab("deploy", "--ref", "v2", "--skip-backup"))
+        assert "backup_db       ok" in skipped and "skipped (--skip-backup)" in skipped
+        log = [json.loads(line) for line in (deploy_to / ".shipfab" / "releases.jsonl").read_text().splitlines()]
+        assert log[-1]["status"] == "success" and log[-1]["backup"] is None and log[-1]["backup_skipped"] is True
     finally:
         _stop_pidfile_gunicorn(SimpleNamespace(deploy_to=deploy_to))  # type: ignore[arg-type]

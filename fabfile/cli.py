@@ -1,0 +1,57 @@
+"""What every task wrapper shares: -H -> targets, the printer, options, and turning
+expected failures into one message and an exit code."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from invoke import Exit
+
+from .errors import ShipfabError, UsageError
+from .flow import HostRun, Options
+from .inventory import Target, load_inventory
+from .output import Printer, Redactor
+from .secrets import local_env_values
+
+
+def targets(c: object, printer: Printer) -> list[Target]:
+    """The hosts -H names (or the default target); the inventory's secrets join the redaction filter."""
+    inventory = load_inventory()
+    printer.redact.add(inventory.secrets)
+    return inventory.resolve(getattr(c, "original_host", None))
+
+
+def printer_for(verbose: bool = False, quiet: bool = False) -> Printer:
+    return Printer(Redactor(local_env_values()), verbosity=2 if verbose else 0 if quiet else 1)
+
+
+def run_cli(fn: Callable[[], int]) -> None:
+    """Run a task body; expected failures become one message and an exit code, never a traceback."""
+    try:
+        code = fn()
+    except ShipfabError as exc:
+        raise Exit(f"shipfab: {exc}", code=exc.exit_code) from None
+    if code:
+        raise Exit(code=code)
+
+
+def options_for(dry_run: bool, verbose: bool, quiet: bool, **kw: object) -> tuple[Printer, Options]:
+    printer = printer_for(verbose, quiet)
+    return printer, Options(dry_run=dry_run, verbosity=printer.verbosity, **kw)  # type: ignore[arg-type]
+
+
+def known_release(run: HostRun, release_id: str) -> str:
+    if not release_id or release_id not in run.state.releases:
+        valid = ", ".join(run.state.releases) or "(none)"
+        raise UsageError(f"{run.remote.host}: unknown release {release_id or '(none)'!r}; valid ids: {valid}")
+    return release_id
+
+
+def duration(record: dict) -> str:
+    try:
+        fmt = "%Y-%m-%dT%H:%M:%SZ"
+        took = datetime.strptime(record["finished"], fmt) - datetime.strptime(record["started"], fmt)
+    except (KeyError, ValueError, TypeError):
+        return "-"
+    return f"{took.total_seconds():.0f}s"
