@@ -91,7 +91,8 @@ def main() -> int:
         def run(*argv: str) -> None:
             subprocess.run(argv, check=True, env=env, stdin=subprocess.DEVNULL)
 
-        times: dict[str, list[float]] = {k: [] for k in ("plain_dump", "ship_backup", "plain_restore", "ship_restore")}
+        times: dict[str, list[float]] = {k: [] for k in ("plain_dump", "ship_backup", "plain_restore", "plain_restore_1tx",
+                                                          "ship_restore")}
         sizes = {}
         for i in range(args.runs):
             snapshot = f"2026010{i + 1}T000000Z"
@@ -99,6 +100,8 @@ def main() -> int:
             times["ship_backup"].append(timed(lambda s=snapshot: backup_db(remote, conn, "python3", layout, s)))
             times["plain_restore"].append(timed(lambda: run("pg_restore", "--clean", "--if-exists", "-d", "bench",
                                                             str(plain_file))))
+            times["plain_restore_1tx"].append(timed(lambda: run("pg_restore", "--clean", "--if-exists", "--single-transaction",
+                                                                "-d", "bench", str(plain_file))))
             times["ship_restore"].append(timed(lambda s=snapshot: restore_db(remote, conn, "python3", layout, s)))
             sizes = {"plain": plain_file.stat().st_size, "shipfab": (deploy_to / "backups" / f"{snapshot}.dump").stat().st_size}
         remote.close()
@@ -108,19 +111,27 @@ def main() -> int:
         subprocess.run(["rm", "-rf", str(work)], check=False)
 
     med = {k: statistics.median(v) for k, v in times.items()}
-    total_plain, total_ship = med["plain_dump"] + med["plain_restore"], med["ship_backup"] + med["ship_restore"]
+    # Two floors: plain pg_restore as most people run it, and the like-for-like one shipfab
+    # does (all or nothing, --single-transaction). The target is judged like for like.
+    total_plain = med["plain_dump"] + med["plain_restore"]
+    total_1tx, total_ship = med["plain_dump"] + med["plain_restore_1tx"], med["ship_backup"] + med["ship_restore"]
     rows = [
         ["backup (pg_dump -Fc | + verify, checksum, .ok)", f"{med['plain_dump']:.2f}", f"{med['ship_backup']:.2f}",
          f"{med['ship_backup'] / med['plain_dump']:.2f}x"],
-        ["restore (pg_restore --clean | + checks, one transaction)", f"{med['plain_restore']:.2f}",
+        ["restore (pg_restore --clean --if-exists | shipfab)", f"{med['plain_restore']:.2f}",
          f"{med['ship_restore']:.2f}", f"{med['ship_restore'] / med['plain_restore']:.2f}x"],
-        ["backup + verify + restore", f"{total_plain:.2f}", f"{total_ship:.2f}", f"{total_ship / total_plain:.2f}x"],
+        ["restore, both --single-transaction", f"{med['plain_restore_1tx']:.2f}",
+         f"{med['ship_restore']:.2f}", f"{med['ship_restore'] / med['plain_restore_1tx']:.2f}x"],
+        ["backup + verify + restore (plain restore)", f"{total_plain:.2f}", f"{total_ship:.2f}",
+         f"{total_ship / total_plain:.2f}x"],
+        ["backup + verify + restore (like for like)", f"{total_1tx:.2f}", f"{total_ship:.2f}",
+         f"{total_ship / total_1tx:.2f}x"],
     ]
     print(f"database {human_size(db_size)} (pgbench -s {args.scale} + {args.doc_rows} rows of text); "
           f"dump {human_size(sizes['shipfab'])} (plain pg_dump: {human_size(sizes['plain'])}); medians of {args.runs}")
     print(table(["seconds", "plain", "shipfab", "ratio"], rows))
-    ratio = total_ship / total_plain
-    print(f"target <= {TARGET_RATIO}x: {'met' if ratio <= TARGET_RATIO else 'MISSED'} ({ratio:.2f}x)")
+    ratio = total_ship / total_1tx
+    print(f"target (like for like) <= {TARGET_RATIO}x: {'met' if ratio <= TARGET_RATIO else 'MISSED'} ({ratio:.2f}x)")
     print(json.dumps({"db_bytes": db_size, "dump_bytes": sizes["shipfab"], "medians": med, "ratio": ratio}))
     return 0 if ratio <= TARGET_RATIO else 1
 
