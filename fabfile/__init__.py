@@ -12,7 +12,7 @@ from fabric import task
 from invoke import Collection
 
 from . import env_tasks, errors, flow, hostkeys
-from .cli import duration, known_release, options_for, printer_for, run_cli, targets
+from .cli import duration, known_release, on_each_host, options_for, printer_for, run_cli, targets
 from .db_tasks import backup_db, db_check, migrate, restore_db  # noqa: F401  (tasks of the namespace)
 from .flow import HostRun, Options
 from .output import table
@@ -69,7 +69,7 @@ def releases(c):
                      run.remote.host, level=0)
         return f"{len(records)} release(s), current {run.state.current or '(none)'}"
 
-    run_cli(lambda: flow.each_host(targets(c, printer), printer, Options(), "releases", show, locked=False))
+    on_each_host(c, printer, Options(), "releases", show, locked=False)
 
 
 @task(help={"ref": "git ref (default: the app's branch)"})
@@ -82,7 +82,7 @@ def deploy_code(c, ref=None, dry_run=False, verbose=False):
         deploy_code_step(run.remote, run.app, run.layout, run.release)
         return f"release {run.release.id} at {run.release.revision[:12]} (not switched)"
 
-    run_cli(lambda: flow.each_host(targets(c, printer), printer, options, "deploy_code", step))
+    on_each_host(c, printer, options, "deploy_code", step)
 
 
 @task(help={"release": "release id (default: the newest release)"})
@@ -95,7 +95,7 @@ def pip_sync(c, release=None, dry_run=False, verbose=False):
         run.release = Release(id=release_id, ref="")
         return f"{pip_sync_step(run.remote, run.app, run.layout, run.release)} venv {run.release.venv_hash}"
 
-    run_cli(lambda: flow.each_host(targets(c, printer), printer, options, "pip_sync", step))
+    on_each_host(c, printer, options, "pip_sync", step)
 
 
 @task(help={"to": "release id to make current"})
@@ -107,7 +107,7 @@ def switch_release(c, to, dry_run=False, verbose=False):
         switch_release_step(run.remote, run.layout, known_release(run, to))
         return f"current -> {to}; run `fab restart` to serve it"
 
-    run_cli(lambda: flow.each_host(targets(c, printer), printer, options, "switch_release", step))
+    on_each_host(c, printer, options, "switch_release", step)
 
 
 @task(help={"full": "stop + start instead of a graceful reload"})
@@ -118,7 +118,7 @@ def restart(c, full=False, dry_run=False, verbose=False):
     def step(run: HostRun) -> str:
         return restart_gunicorn(run.remote, run.app, run.layout, known_release(run, run.state.current), full=full)
 
-    run_cli(lambda: flow.each_host(targets(c, printer), printer, options, "restart", step))
+    on_each_host(c, printer, options, "restart", step)
 
 
 @task
@@ -130,7 +130,7 @@ def health_check(c, verbose=False):
         probe = wait_healthy(run.remote, run.target)
         return f"healthy: {probe.detail}, {probe.latency * 1000:.0f} ms"
 
-    run_cli(lambda: flow.each_host(targets(c, printer), printer, options, "health_check", step, locked=False))
+    on_each_host(c, printer, options, "health_check", step, locked=False)
 
 
 @task(help={"ref": "git ref to compare with the deployed revision", "json": "write a JSON summary here"})
@@ -208,9 +208,8 @@ def trust(c):
 def lock(c):
     """Take the deploy lock by hand (maintenance); `fab unlock` releases it."""
     printer = printer_for()
-    run_cli(lambda: flow.each_host(targets(c, printer), printer, Options(), "lock",
-                                lambda run: lock_step.acquire(run.remote, run.layout, "manual lock") or "held",
-                                locked=False))
+    on_each_host(c, printer, Options(), "lock",
+                 lambda run: lock_step.acquire(run.remote, run.layout, "manual lock") or "held", locked=False)
 
 
 @task
@@ -225,7 +224,7 @@ def unlock(c):
         lock_step.release(run.remote, run.layout)
         return f"removed the lock held by {holder}"
 
-    run_cli(lambda: flow.each_host(targets(c, printer), printer, Options(), "unlock", step, locked=False))
+    on_each_host(c, printer, Options(), "unlock", step, locked=False)
 
 
 # The task namespace: every task above, plus `env.push` / `env.diff`.

@@ -8,6 +8,7 @@ from datetime import datetime
 
 from invoke import Exit
 
+from . import flow
 from .errors import ShipfabError, UsageError
 from .flow import HostRun, Options
 from .inventory import Target, load_inventory
@@ -39,6 +40,14 @@ def run_cli(fn: Callable[[], int]) -> None:
 def options_for(dry_run: bool, verbose: bool, quiet: bool, **kw: object) -> tuple[Printer, Options]:
     printer = printer_for(verbose, quiet)
     return printer, Options(dry_run=dry_run, verbosity=printer.verbosity, **kw)  # type: ignore[arg-type]
+
+
+def on_each_host(
+    c: object, printer: Printer, options: Options, name: str, step: Callable[[HostRun], str | None], locked: bool = True
+) -> None:
+    """The body of most tasks: `step` on every target host (under the deploy lock unless
+    `locked=False`), one summary, its exit code."""
+    run_cli(lambda: flow.each_host(targets(c, printer), printer, options, name, step, locked=locked))
 
 
 def known_release(run: HostRun, release_id: str) -> str:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from fabric import task
 
-from . import errors, flow
-from .cli import known_release, options_for, printer_for, run_cli, targets
+from . import errors
+from .cli import known_release, on_each_host, options_for, printer_for
 from .db import DbConn, confirm, connection, handles_database
 from .errors import ShipfabError, UsageError
 from .flow import HostRun, Options
@@ -42,7 +42,7 @@ def _each_database_host(c: object, name: str, what: str, body: Callable[[HostRun
             return f"skipped: {what} on {run.primary} (primary; the database is shared)"
         return body(run, connection(run.remote, run.target))
 
-    run_cli(lambda: flow.each_host(targets(c, printer), printer, options, name, step))
+    on_each_host(c, printer, options, name, step)
 
 
 @task(help={"download": "also copy the snapshot to ./backups/<host>/ here", "dry-run": "print the commands, change nothing"})
@@ -112,4 +112,4 @@ def db_check(c):
                                  + "; ".join(f"{c.name}: {c.detail}" for c in failed))
         return f"{len(checks)} database checks passed"
 
-    run_cli(lambda: flow.each_host(targets(c, printer), printer, Options(), "db_check", step, locked=False))
+    on_each_host(c, printer, Options(), "db_check", step, locked=False)

@@ -8,10 +8,9 @@ from pathlib import Path
 from fabric import task
 
 from . import flow
-from .cli import run_cli, targets
+from .cli import printer_for, run_cli, targets
 from .errors import UsageError
 from .flow import HostRun, Options
-from .output import Printer, Redactor
 from .secrets import env_diff, parse_env
 from .steps import env_file
 from .steps.restart_gunicorn import restart_gunicorn
@@ -32,9 +31,11 @@ def _describe(diff: dict[str, list[str]]) -> str:
 @task(positional=["file"], help={"file": "local env file (default .env)", "restart": "reload the app afterwards"})
 def push(c, file=None, restart=False, dry_run=False):
     """Upload a local env file to shared/.env (validated, atomic, 0600; previous kept as .env.previous)."""
+
     def run_all() -> int:
         new = _local_values(file or ".env")
-        printer = Printer(Redactor(new.values()))
+        printer = printer_for()
+        printer.redact.add(new.values())
         options = Options(dry_run=dry_run)
 
         def step(run: HostRun) -> str:
@@ -55,9 +56,11 @@ def push(c, file=None, restart=False, dry_run=False):
 @task(positional=["file"], help={"file": "local env file (default .env)"})
 def diff(c, file=None):
     """Keys added, removed and changed between a local env file and shared/.env: names only, never values."""
+
     def run_all() -> int:
         new = _local_values(file or ".env")
-        printer = Printer(Redactor(new.values()))
+        printer = printer_for()
+        printer.redact.add(new.values())
 
         def step(run: HostRun) -> str:
             return _describe(env_diff(env_file.read_remote_env(run.remote, run.layout), new))
