@@ -56,6 +56,7 @@ PREFLIGHT_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "min_memory_mb": (int, 128),
     "python_min": (str, "3.8"),
     "nginx": (bool, False),  # the app sits behind nginx on this host: check the binary and `nginx -t`
+    "nginx_conf": (str, ""),  # test this configuration file (`nginx -t -c FILE`) instead of nginx's default
     "required_env": (list, []),  # keys that must be present and non-empty in shared/.env
     "binaries": (list, []),  # more binaries the app needs on the host
 }
@@ -167,6 +168,7 @@ class PreflightSettings:
     min_memory_mb: int
     python_min: str
     nginx: bool
+    nginx_conf: str
     required_env: tuple[str, ...]
     binaries: tuple[str, ...]
 

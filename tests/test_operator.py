@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
@@ -95,20 +94,16 @@ def test_check_passes_then_fails_and_blocks_the_deploy(world):
     assert failed == {"disk", "lock"} and data["exit_code"] == 4
 
 
-def test_nginx_t_is_checked_when_the_app_has_nginx(world, tmp_path):
-    world.extra_toml = '[apps.sample.preflight]\nnginx = true\n'
-    world.add_host("web1", manager="pidfile")
+def test_nginx_t_is_checked_when_the_app_has_nginx(world):
+    host = world.add_host("web1", manager="pidfile", nginx=True)
+    world.extra_toml = f'[apps.sample.preflight]\nnginx = true\nnginx_conf = "{host.nginx.conf}"\n'
+    world.write()
     out = ok(world.fab("-H", "web1", "check"))
-    assert "nginx -t" in out
-    # a broken nginx configuration fails the check, naming nginx's own error
-    conf = Path("/etc/nginx/nginx.conf")
-    saved = conf.read_text()
-    try:
-        conf.write_text(saved + "\nthis is not nginx syntax;\n")
-        res = world.fab("-H", "web1", "check")
-        assert res.returncode == 4 and "nginx -t" in res.stdout and "FAIL" in res.stdout
-    finally:
-        conf.write_text(saved)
+    assert "nginx -t  web1  ok      configuration ok" in out and "nginx" in out.split("binaries")[1].split("\n")[0]
+    # a broken configuration (the fixture's own nginx, not the machine's) fails the check with nginx's error
+    host.nginx.conf.write_text(host.nginx.conf.read_text() + "\nthis is not nginx syntax;\n")
+    res = world.fab("-H", "web1", "check")
+    assert res.returncode == 4 and "nginx -t  web1  FAIL" in res.stdout and "unknown directive" in res.stdout
 
 
 def test_no_secret_appears_in_any_output_or_log(world, webhook):

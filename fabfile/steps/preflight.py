@@ -73,7 +73,8 @@ def facts_cmd(app: App, layout: Layout) -> str:
         f"$(cat {q(layout.current + '/REVISION')} 2>/dev/null)\"",
     ]
     if app.preflight.nginx:
-        lines.append(f"if out=$({sudo}nginx -t 2>&1); then echo nginx_t ok; "
+        conf = f" -c {q(app.preflight.nginx_conf)}" if app.preflight.nginx_conf else ""
+        lines.append(f"if out=$({sudo}nginx -t{conf} 2>&1); then echo nginx_t ok; "
                      "else echo \"nginx_t fail $(echo \"$out\" | tail -n 2 | tr '\\n' ' ')\"; fi")
     return "\n".join(lines)
 
