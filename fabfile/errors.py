@@ -35,5 +35,11 @@ class LockHeld(ShipfabError):
     exit_code = LOCK_HELD
 
 
+class PreflightFailed(ShipfabError):
+    """A host failed a pre-flight check (unreachable, bad host key...): nothing was changed."""
+
+    exit_code = PREFLIGHT_FAILED
+
+
 class StepFailed(ShipfabError):
     """A step's remote command or check failed; the message says why."""

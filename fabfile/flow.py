@@ -17,12 +17,12 @@ from pathlib import Path
 
 from . import dbflow, errors, notify
 from .db import DatabaseNotRestored, primary, primary_first
-from .errors import LockHeld, ShipfabError, UsageError
+from .errors import LockHeld, PreflightFailed, ShipfabError, UsageError
 from .inventory import App, Target
 from .layout import Layout
 from .output import Printer, table
 from .release import Release, new_release_id, who
-from .remote import Remote
+from .remote import ConnectionLost, HostKeyRejected, Remote
 from .stacks import stack_for
 from .stacks.base import Stack
 from .steps import lock, prune, release_log
@@ -119,12 +119,17 @@ def deploy(targets: list[Target], printer: Printer, options: Options) -> int:
     runs = make_runs(primary_first(targets), printer, options)
     started = time.monotonic()
     release_id = ""
+    reading: HostRun | None = None  # the host being read when an error comes
     try:
-        for run in runs:
-            run.state = read_state(run.remote, run.layout)
-            read_remote_env(run.remote, run.layout)  # its values are masked in all output from now on
-            if not run.app.repo:  # a ref that does not exist is a usage error, found before anything changes
-                local_revision(run.app.checkout, options.ref or run.app.branch)
+        for reading in runs:
+            try:
+                reading.state = read_state(reading.remote, reading.layout)
+                read_remote_env(reading.remote, reading.layout)  # its values are masked in all output from now on
+            except (ConnectionLost, HostKeyRejected) as exc:
+                raise PreflightFailed(f"pre-flight failed, nothing changed: {exc}") from None
+            if not reading.app.repo:  # a ref that does not exist is a usage error, found before anything changes
+                local_revision(reading.app.checkout, options.ref or reading.app.branch)
+        reading = None
         release_id = new_release_id([r for run in runs for r in run.state.releases])
         printer.line(f"release {release_id}{' (dry run: nothing will change)' if options.dry_run else ''}")
         if not preflight_passed(runs, printer, options):
@@ -138,8 +143,8 @@ def deploy(targets: list[Target], printer: Printer, options: Options) -> int:
                     later.fail("skipped", errors.OK, "not started: an earlier host failed")
                 break
     except ShipfabError as exc:
-        failed = next((r for r in runs if r.status == "pending"), runs[0])
-        failed.fail("failed", exc.exit_code, str(exc))
+        failed = reading or next((r for r in runs if r.status == "pending"), runs[0])
+        failed.fail("preflight_failed" if isinstance(exc, PreflightFailed) else "failed", exc.exit_code, str(exc))
     finally:
         for run in runs:
             run.remote.close()

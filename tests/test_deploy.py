@@ -292,8 +292,11 @@ def test_unknown_host_key_is_refused(world):
     host = world.add_host("web1", manager="pidfile")
     (world.tmp / "known_hosts").write_text("")
     res = world.fab("-H", "web1", "deploy", "--ref", "v1")
-    assert res.returncode != 0 and "unknown host key" in res.stdout + res.stderr
+    assert res.returncode == 4 and "unknown host key" in res.stdout + res.stderr  # pre-flight: nothing changed
     assert host.releases() == []
+    host.sshd.stop()  # an unreachable host is a pre-flight failure too, blamed on the right host
+    res = world.fab("-H", "web1", "deploy", "--ref", "v1")
+    assert res.returncode == 4 and "preflight_failed" in res.stdout and "web1" in res.stdout
 
 
 def test_health_check_with_curl_on_the_host(world):
