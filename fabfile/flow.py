@@ -170,8 +170,8 @@ def preflight_passed(runs: list[HostRun], printer: Printer, options: Options, al
     for run in bad:
         failed = [c for c in run.checks if not c.ok]
         if [c.name for c in failed] == ["lock"]:  # only the lock: the same answer the lock step gives
-            run.fail("locked", errors.LOCK_HELD, f"{run.remote.host}: deploy lock is {failed[0].detail}. "
-                                                 f"If that deploy is dead, run: fab -H {run.remote.host} unlock")
+            holder = failed[0].detail.removeprefix("held by ")
+            run.fail("locked", errors.LOCK_HELD, lock.held_message(run.remote.host, holder))
             continue
         detail = "; ".join(f"{c.name}: {c.detail}" for c in failed)
         run.fail("preflight_failed", errors.PREFLIGHT_FAILED, f"pre-flight failed, nothing changed: {detail}")

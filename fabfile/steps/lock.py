@@ -52,15 +52,16 @@ def describe_holder(text: str) -> str:
     return f"{o.get('user')}@{o.get('controller')} (pid {o.get('pid')}) since {o.get('since')}, deploying {o.get('ref')!r}"
 
 
+def held_message(host: str, holder: str) -> str:
+    """What a deploy that finds the lock taken says (the lock step and the pre-flight alike)."""
+    return f"{host}: deploy lock is held by {holder}. If that deploy is dead, run: fab -H {host} unlock"
+
+
 def acquire(remote: Remote, layout: Layout, ref: str) -> None:
     """Take the deploy lock or fail fast with the holder's details."""
     out = remote.run(acquire_cmd(layout, owner_record(ref))).stdout.strip()
     if out.startswith("HELD"):
-        holder = describe_holder(out[len("HELD"):].strip())
-        raise LockHeld(
-            f"{remote.host}: deploy lock is held by {holder}. "
-            f"If that deploy is dead, run: fab -H {remote.host} unlock"
-        )
+        raise LockHeld(held_message(remote.host, describe_holder(out[len("HELD"):].strip())))
 
 
 def holder(remote: Remote, layout: Layout) -> str | None:
