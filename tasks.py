@@ -11,38 +11,51 @@ from invoke import Exit, task
 from fabfile.errors import ShipfabError
 from fabfile.inventory import Target, load_inventory
 from fabfile.layout import Layout
-from fabfile.output import Printer, table
+from fabfile.optional_positional import OptionalPositionalTask
+from fabfile.output import Printer, Redactor, table
+from fabfile.probes.http import probe_once
 from fabfile.remote import Remote
-from fabfile.steps.health_check import probe_once
+from fabfile.secret_rule import local_env
 from fabfile.steps.host_state import read_state
 
 
-def _health_row(target: Target) -> list[str]:
-    """host, app, release, status, latency, detail for one target (never raises)."""
-    remote = Remote(target, Printer(verbosity=0))
+def _health_row(target: Target, redact: Redactor) -> list[str]:
+    """host, app, release, status, latency, detail for one target (never raises). Reading the
+    state reads the host's .env: its secrets join `redact` before anything is printed."""
+    remote = Remote(target, Printer(redact, verbosity=0))
     release, started = "?", time.monotonic()
     try:
-        release = read_state(remote, Layout(target.app.deploy_to)).current or "(none)"
+        release = read_state(remote, Layout(target.app.deploy_to))[0].current or "(none)"
         probe = probe_once(remote, target)
         status = "healthy" if probe.ok else "UNHEALTHY"
         return [target.name, target.app.name, release, status, f"{probe.latency * 1000:.0f} ms", probe.detail]
     except ShipfabError as exc:
         return [target.name, target.app.name, release, "UNREACHABLE", f"{(time.monotonic() - started) * 1000:.0f} ms",
-                " ".join(str(exc).split())[:120]]
+                " ".join(str(exc).split())]
     finally:
         remote.close()
 
 
-@task(help={"target": "host or group of hosts.toml (default: every host)"})
-def health(c, target=None):
+def _clip(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@task(klass=OptionalPositionalTask, positional=["target"],
+      help={"target": "host or group of hosts.toml (default: every host)"})
+def health(c, target=""):
     """Health of every host of a target, in parallel, as one table; exits 1 if any is unhealthy."""
     try:
         inventory = load_inventory()
         targets = inventory.resolve(target) if target else inventory.all_targets()
     except ShipfabError as exc:
         raise Exit(f"shipfab: {exc}", code=exc.exit_code) from None
+    redact = Redactor(inventory.secrets)
+    for t in targets:
+        redact.add_env(local_env(), t.app)
     with ThreadPoolExecutor(max_workers=min(16, len(targets) or 1)) as pool:
-        rows = list(pool.map(_health_row, targets))
+        rows = list(pool.map(lambda t: _health_row(t, redact), targets))
+    # Masked once every host's secrets are known, and before cutting (half a secret is a leak).
+    rows = [[_clip(cell) for cell in row] for row in redact.mask_data(rows)]
     print(table(["host", "app", "release", "status", "latency", "detail"], rows))
     if any(row[3] != "healthy" for row in rows):
         raise Exit(code=1)

@@ -11,22 +11,21 @@ import sys
 from fabric import task
 from invoke import Collection
 
-from . import env_tasks, errors, flow, hostkeys
+from . import env_tasks, errors, fleet, hostkeys
 from .cli import duration, known_release, on_each_host, options_for, printer_for, run_cli, targets
+from .context import HostRun, Options
 from .db_tasks import backup_db, db_check, migrate, restore_db  # noqa: F401  (tasks of the namespace)
-from .flow import HostRun, Options
 from .output import table
+from .probes.http import wait_healthy
 from .release import Release, new_release_id
 from .remote import open_connection
+from .stacks import gunicorn as gunicorn_stack
+from .stacks import stack_for
 from .steps import lock as lock_step
 from .steps import release_log
-from .steps.deploy_code import deploy_code as deploy_code_step
-from .steps.env_file import read_remote_env
-from .steps.health_check import wait_healthy
 from .steps.host_state import read_state
-from .steps.pip_sync import pip_sync as pip_sync_step
-from .steps.restart_gunicorn import restart_gunicorn
-from .steps.switch_release import switch_release as switch_release_step
+from .steps.preflight import run_checks
+from .strategies import symlink
 
 
 @task(help={"ref": "git ref to deploy (default: the app's branch)", "dry-run": "print the commands, change nothing",
@@ -40,7 +39,7 @@ def deploy(c, ref=None, dry_run=False, full_restart=False, skip_checks=False, sk
     printer, options = options_for(dry_run, verbose, quiet, ref=ref, full_restart=full_restart, skip_checks=skip_checks,
                                    skip_backup=skip_backup,
                                 json_path=json)
-    run_cli(lambda: flow.deploy(targets(c, printer), printer, options))
+    run_cli(lambda: fleet.deploy(targets(c, printer), printer, options))
 
 
 @task(help={"to": "release id to go back to (default: the one before current)", "json": "write a JSON summary here",
@@ -49,25 +48,27 @@ def deploy(c, ref=None, dry_run=False, full_restart=False, skip_checks=False, sk
 def rollback(c, to=None, with_db=False, yes=False, dry_run=False, json=None, verbose=False, quiet=False):
     """Switch back to the previous release (or --to ID), reload and health-check it (--with-db: the database too)."""
     printer, options = options_for(dry_run, verbose, quiet, json_path=json)
-    run_cli(lambda: flow.rollback(targets(c, printer), printer, options, to=to, with_db=with_db, yes=yes))
+    run_cli(lambda: fleet.rollback(targets(c, printer), printer, options, to=to, with_db=with_db, yes=yes))
 
 
 @task
 def releases(c):
-    """Show the release log of each host: id, revision, ref, who, when, status, snapshot."""
+    """Show the release log of each host: id, revision, ref, who, when, status, snapshot (what exists)."""
     printer = printer_for()
 
     def show(run: HostRun) -> str:
-        records = release_log.read_log(run.remote, run.layout)
-        rows = [
-            [("* " if r["release"] == run.state.current else "  ") + r["release"], (r.get("revision") or "")[:10],
-             r.get("ref", ""), r.get("user", ""), r.get("started", ""), duration(r), r.get("status", ""),
-             r.get("backup") or "-"]
-            for r in records
-        ]
+        records = release_log.fold(run.state.events)
+        rows = []
+        for rid in run.state.releases:  # only releases that exist; a directory the log never completed is shown so
+            r = records.get(rid, {})
+            backup = str(r.get("backup") or "")
+            snap = backup.rsplit("/", 1)[-1] if backup.rsplit("/", 1)[-1] in run.state.snapshots else "-"
+            rows.append([("* " if rid == run.state.current else "  ") + rid, (r.get("revision") or "")[:10],
+                         r.get("ref", ""), r.get("user", ""), r.get("started", ""), duration(r),
+                         r.get("status", "incomplete"), snap])
         printer.line(table(["release", "revision", "ref", "who", "started", "took", "status", "snapshot"], rows),
-                     run.remote.host, level=0)
-        return f"{len(records)} release(s), current {run.state.current or '(none)'}"
+                     run.host, level=0)
+        return f"{len(rows)} release(s), current {run.state.current or '(none)'}"
 
     on_each_host(c, printer, Options(), "releases", show, locked=False)
 
@@ -78,9 +79,10 @@ def deploy_code(c, ref=None, dry_run=False, verbose=False):
     printer, options = options_for(dry_run, verbose, False)
 
     def step(run: HostRun) -> str:
-        run.release = Release(id=new_release_id(list(run.state.releases)), ref=ref or run.app.branch)
-        deploy_code_step(run.remote, run.app, run.layout, run.release)
-        return f"release {run.release.id} at {run.release.revision[:12]} (not switched)"
+        existing = [*run.state.releases, *(e["release"] for e in run.state.events)]
+        run.release = Release(id=new_release_id(existing), ref=ref or run.app.branch)
+        symlink.deploy_code(run)
+        return f"release {run.release.id} at {run.release.revision[:12]} (not switched, not logged)"
 
     on_each_host(c, printer, options, "deploy_code", step)
 
@@ -93,7 +95,7 @@ def pip_sync(c, release=None, dry_run=False, verbose=False):
     def step(run: HostRun) -> str:
         release_id = known_release(run, release or (run.state.releases[-1] if run.state.releases else ""))
         run.release = Release(id=release_id, ref="")
-        return f"{pip_sync_step(run.remote, run.app, run.layout, run.release)} venv {run.release.venv_hash}"
+        return f"{symlink.pip_sync(run)} venv {run.release.venv_hash}"
 
     on_each_host(c, printer, options, "pip_sync", step)
 
@@ -104,21 +106,23 @@ def switch_release(c, to, dry_run=False, verbose=False):
     printer, options = options_for(dry_run, verbose, False)
 
     def step(run: HostRun) -> str:
-        switch_release_step(run.remote, run.layout, known_release(run, to))
-        return f"current -> {to}; run `fab restart` to serve it"
+        run.release = Release(id=known_release(run, to), ref="")
+        symlink.switch(run, stack_for(run.app.stack).activate)
+        return f"current -> {to}; run `fab restart-gunicorn` to serve it"
 
     on_each_host(c, printer, options, "switch_release", step)
 
 
-@task(help={"full": "stop + start instead of a graceful reload"})
-def restart(c, full=False, dry_run=False, verbose=False):
-    """Step alone: reload (or --full restart) gunicorn and confirm it serves the current release."""
-    printer, options = options_for(dry_run, verbose, False)
+@task(help={"full": "a new master (a handover) instead of a graceful reload"})
+def restart_gunicorn(c, full=False, dry_run=False, verbose=False):
+    """Step alone: reload gunicorn (or --full: hand over to a new master) and confirm it serves `current`."""
+    printer, options = options_for(dry_run, verbose, False, full_restart=full)
 
     def step(run: HostRun) -> str:
-        return restart_gunicorn(run.remote, run.app, run.layout, known_release(run, run.state.current), full=full)
+        run.release = Release(id=known_release(run, run.state.current), ref="")
+        return gunicorn_stack.restart(run)
 
-    on_each_host(c, printer, options, "restart", step)
+    on_each_host(c, printer, options, "restart_gunicorn", step)
 
 
 @task
@@ -135,21 +139,25 @@ def health_check(c, verbose=False):
 
 @task(help={"ref": "git ref to compare with the deployed revision", "json": "write a JSON summary here"})
 def check(c, ref=None, json=None):
-    """Pre-flight only: disk, memory, binaries, python, nginx -t, .env keys, lock, release. Changes nothing."""
+    """Pre-flight only: disk, memory, binaries, python, port, nginx -t, .env keys, lock, release. Changes nothing."""
     printer, options = options_for(False, False, False, ref=ref, json_path=json)
 
     def run_all() -> int:
-        runs = flow.make_runs(targets(c, printer), printer, options)
+        runs = fleet.make_runs(targets(c, printer), printer, options)
         try:
             for run in runs:
-                read_remote_env(run.remote, run.layout)
-            if flow.preflight_passed(runs, printer, options, always_show=True):
-                for run in runs:
+                run.checks = run_checks(run.remote, run.target, run.options.ref)
+            fleet.print_checks(runs, printer, always_show=True)
+            for run in runs:
+                bad = [f"{k.name}: {k.detail}" for k in run.checks if not k.ok and not k.warning]
+                if bad:
+                    run.fail("preflight_failed", errors.PREFLIGHT_FAILED, "; ".join(bad))
+                else:
                     run.status = "ok"
         finally:
             for run in runs:
                 run.remote.close()
-        return flow.summarize(runs, printer, "check", timings=False)
+        return fleet.summarize(runs, printer, "check", timings=False)
 
     run_cli(run_all)
 
@@ -160,13 +168,12 @@ def history(c):
     printer = printer_for()
 
     def run_all() -> int:
-        runs = flow.make_runs(targets(c, printer), printer, Options())
+        runs = fleet.make_runs(targets(c, printer), printer, Options())
         rows = []
         try:
             for run in runs:
-                run.state = read_state(run.remote, run.layout)
-                record = next((r for r in release_log.read_log(run.remote, run.layout)
-                               if r["release"] == run.state.current), {})
+                run.state, _ = read_state(run.remote, run.layout)
+                record = release_log.fold(run.state.events).get(run.state.current, {})
                 rows.append([run.remote.host, run.state.current or "(none)", (record.get("revision") or "")[:10],
                              record.get("ref", ""), record.get("user", ""), record.get("finished", ""),
                              len(run.state.releases)])
@@ -185,9 +192,9 @@ def history(c):
     run_cli(run_all)
 
 
-@task
-def trust(c):
-    """Show each host's ssh key fingerprint and add it to known_hosts (refuses a changed key)."""
+@task(help={"replace": "replace the recorded key(s) of the address, after checking the new fingerprint out of band"})
+def trust(c, replace=False):
+    """Show each host's ssh key fingerprint and add it to known_hosts (refuses a changed key unless --replace)."""
     printer = printer_for()
 
     def step(run: HostRun) -> str:
@@ -195,11 +202,12 @@ def trust(c):
         if run.target.ssh_alias:
             resolved = open_connection(run.target)
             host, port = resolved.host, resolved.port
-        return hostkeys.trust(host, port, hostkeys.known_hosts_path(run.target.known_hosts), run.target.connect_timeout)
+        return hostkeys.trust(host, port, hostkeys.known_hosts_path(run.target.known_hosts), run.target.connect_timeout,
+                              replace=replace)
 
     def run_all() -> int:
         ssh_targets = [t for t in targets(c, printer) if not t.local]
-        return flow.each_host(ssh_targets, printer, Options(), "trust", step, locked=False, read_state_first=False)
+        return fleet.each_host(ssh_targets, printer, Options(), "trust", step, locked=False, read_state=False)
 
     run_cli(run_all)
 
@@ -208,8 +216,12 @@ def trust(c):
 def lock(c):
     """Take the deploy lock by hand (maintenance); `fab unlock` releases it."""
     printer = printer_for()
-    on_each_host(c, printer, Options(), "lock",
-                 lambda run: lock_step.acquire(run.remote, run.layout, "manual lock") or "held", locked=False)
+
+    def step(run: HostRun) -> str:
+        run.lock_token = ""  # keep it: a manual lock outlives this command
+        return "held; release it with: fab -H " + run.host + " unlock"
+
+    on_each_host(c, printer, Options(), "manual lock", step)
 
 
 @task
@@ -229,4 +241,5 @@ def unlock(c):
 
 # The task namespace: every task above, plus `env.push` / `env.diff`.
 ns = Collection.from_module(sys.modules[__name__])
+ns.add_task(restart_gunicorn, name="restart")  # the name before the design card's
 ns.add_collection(Collection("env", env_tasks.push, env_tasks.diff))

@@ -8,23 +8,26 @@ from datetime import datetime
 
 from invoke import Exit
 
-from . import flow
+from . import fleet
+from .context import HostRun, Options
 from .errors import ShipfabError, UsageError
-from .flow import HostRun, Options
 from .inventory import Target, load_inventory
 from .output import Printer, Redactor
-from .secrets import local_env_values
+from .secret_rule import local_env
 
 
 def targets(c: object, printer: Printer) -> list[Target]:
     """The hosts -H names (or the default target); the inventory's secrets join the redaction filter."""
     inventory = load_inventory()
     printer.redact.add(inventory.secrets)
-    return inventory.resolve(getattr(c, "original_host", None))
+    resolved = inventory.resolve(getattr(c, "original_host", None))
+    for target in resolved:  # the controller's .env, by each app's secret rule
+        printer.redact.add_env(local_env(), target.app)
+    return resolved
 
 
 def printer_for(verbose: bool = False, quiet: bool = False) -> Printer:
-    return Printer(Redactor(local_env_values()), verbosity=2 if verbose else 0 if quiet else 1)
+    return Printer(Redactor(), verbosity=2 if verbose else 0 if quiet else 1)
 
 
 def run_cli(fn: Callable[[], int]) -> None:
@@ -47,13 +50,14 @@ def on_each_host(
 ) -> None:
     """The body of most tasks: `step` on every target host (under the deploy lock unless
     `locked=False`), one summary, its exit code."""
-    run_cli(lambda: flow.each_host(targets(c, printer), printer, options, name, step, locked=locked))
+    run_cli(lambda: fleet.each_host(targets(c, printer), printer, options, name, step, locked=locked))
 
 
 def known_release(run: HostRun, release_id: str) -> str:
+    """`release_id` if its directory exists on the host (read under the lock), else a UsageError listing them."""
     if not release_id or release_id not in run.state.releases:
         valid = ", ".join(run.state.releases) or "(none)"
-        raise UsageError(f"{run.remote.host}: unknown release {release_id or '(none)'!r}; valid ids: {valid}")
+        raise UsageError(f"{run.host}: unknown release {release_id or '(none)'!r}; valid ids: {valid}")
     return release_id
 
 

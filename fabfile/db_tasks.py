@@ -13,9 +13,10 @@ from fabric import task
 
 from . import errors
 from .cli import known_release, on_each_host, options_for, printer_for
+from .context import HostRun, Options
 from .db import DbConn, confirm, connection, handles_database
+from .dbflow import app_env
 from .errors import ShipfabError, UsageError
-from .flow import HostRun, Options
 from .output import table
 from .release import new_release_id
 from .steps.backup_db import backup_db as take_snapshot
@@ -75,9 +76,10 @@ def restore_db(c, release=None, yes=False, dry_run=False, verbose=False):
         snapshot = release or (max(snapshots) if snapshots else "")
         if not snapshot:
             raise UsageError(f"{run.remote.host}: no snapshots in {run.layout.backups}")
-        path, _ = check_snapshot(run.remote, conn, run.app.python, run.layout, snapshot)
+        snap = check_snapshot(run.remote, conn, run.app.python, run.layout, snapshot)
         if not dry_run:
-            confirm(f"{run.remote.host}: restore {conn.label()} from {path}? Its current contents are replaced.", yes)
+            confirm(f"{run.remote.host}: restore {conn.label()} from {snap.path}? Its current contents are replaced: "
+                    f"{snap.lost_writes()}.", yes)
         return put_back(run.remote, conn, run.app.python, run.layout, snapshot)
 
     _each_database_host(c, "restore_db", "restored", body, dry_run, verbose)
@@ -90,7 +92,8 @@ def migrate(c, release=None, dry_run=False, verbose=False):
         command = run.app.database.migrate  # type: ignore[union-attr]
         if not command:
             raise UsageError(f"{run.remote.host}: no migrate command: set migrate in [apps.{run.app.name}.database]")
-        return run_migrate(run.remote, conn, run.layout, known_release(run, release or run.state.current), command)
+        release_id = known_release(run, release or run.state.current)
+        return run_migrate(run.remote, conn, run.layout, release_id, command, run.app.python, app_env(run))
 
     _each_database_host(c, "migrate", "migrations run", body, dry_run, verbose)
 
@@ -104,7 +107,7 @@ def db_check(c):
         checks = run_checks(run.remote, run.target)
         if not checks:
             raise UsageError(f"{run.remote.host}: app {run.app.name!r} has no [apps.{run.app.name}.database] settings")
-        rows = [[c.name, "ok" if c.ok else "FAIL", c.detail] for c in checks]
+        rows = [[c.name, "warning" if c.warning else "ok" if c.ok else "FAIL", c.detail] for c in checks]
         printer.line(table(["check", "result", "detail"], rows), run.remote.host, level=0)
         failed = [c for c in checks if not c.ok]
         if failed:

@@ -1,29 +1,33 @@
 """The database half of the flows, for any stack.
 
-Deploy: `backup_db` then (after the code and venv) `migrate`, both before the switch;
-for PostgreSQL once, on the primary host of the run, for SQLite on every host. A
-failed migration is undone by restoring the snapshot this deploy just took.
-Rollback: `--with-db` puts back the snapshot taken before the left release's
-migrations (checked and confirmed before anything changes); a plain rollback warns
-when the release it leaves ran migrations.
+Deploy: `backup_db` right before `migrate`, both before the switch; for PostgreSQL once,
+on the primary host of the run, for SQLite on every host. `migrate` takes the schema's
+fingerprint, registers its undo, then runs the migration. The undo decides from the
+database as it finds it: a migration that completed (a later step failed) is kept and
+the exact restore command is left as a note; otherwise an unchanged fingerprint means the
+migration rolled itself back (nothing to restore), a changed one is restored from the
+snapshot, and a restore that cannot be made is DatabaseNotRestored with the command.
+Rollback: `--with-db` puts back the snapshot taken before the left release's migrations
+(checked and confirmed before anything changes); a plain rollback warns when the release
+it leaves applied migrations. Every restore says which writes it loses.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from .context import HostRun
 from .db import DatabaseNotRestored, DbConn, confirm, connection, handles_database
 from .errors import ShipfabError, StepFailed, UsageError
-from .steps import release_log
-from .steps.backup_db import backup_db, prune_snapshots
-from .steps.host_state import read_state
-from .steps.migrate import MigrationFailed, migrate
+from .steps.backup_db import backup_db as take_snapshot
+from .steps.env_file import read_remote_env
+from .steps.migrate import migrate
+from .steps.release_log import fold
 from .steps.restore_db import check_snapshot, restore_db
-from .steps.rollback import rollback_target
+from .steps.schema_fingerprint import Fingerprint, fingerprint
 
-if TYPE_CHECKING:
-    from .flow import HostRun
+MIGRATE = "migrate"  # the step's name in every stack: in run.done once the migration completed
 
 
 def snapshot_id(path: str) -> str:
@@ -40,63 +44,78 @@ def _skip(run: HostRun, what: str) -> str | None:
     return None
 
 
+def restore_command(run: HostRun) -> str:
+    return f"fab -H {run.host} restore-db --release {run.release.id} --yes"
+
+
+def app_env(run: HostRun) -> dict[str, str]:
+    """The host's .env as python-dotenv parses it (read under the lock with the state)."""
+    return run.state.env or read_remote_env(run.remote, run.layout)
+
+
+# ---------------------------------------------------------------- deploy
+
+
 def backup_step(run: HostRun) -> str:
-    """Deploy step backup_db: a verified snapshot named after the new release."""
+    """Deploy step backup_db: a verified snapshot named after the new release, right before `migrate`."""
     skip = _skip(run, "the shared database is backed up")
     if skip:
         return skip
     if run.options.skip_backup:
         return "skipped (--skip-backup): this release has no snapshot, a failed migration cannot be undone"
     conn = connection(run.remote, run.target)
-    snap = backup_db(run.remote, conn, run.app.python, run.layout, run.release.id)
+    snap = take_snapshot(run.remote, conn, run.app.python, run.layout, run.release.id)
     if snap is None:
         return f"no database yet at {conn.path}: nothing to back up"
-    run.release.backup = snap.path
+    run.release.backup, run.release.backup_at = snap.path, snap.taken_at
     return snap.describe()
 
 
 def migrate_step(run: HostRun) -> str:
-    """Deploy step migrate: the app's command in the new release; a failure restores the snapshot."""
+    """Deploy step migrate: fingerprint, register the undo, run the app's command; `migrated`
+    says whether it really changed the schema."""
     skip = _skip(run, "migrations run once")
-    if skip or not run.app.database.migrate:  # type: ignore[union-attr]
+    db = run.app.database
+    if skip or db is None or not db.migrate:
         return skip or "no migrate command configured"
     conn = connection(run.remote, run.target)
-    try:
-        detail = migrate(run.remote, conn, run.layout, run.release.id, run.app.database.migrate)  # type: ignore[union-attr]
-    except MigrationFailed as exc:
-        raise _restore_after(run, conn, exc) from None
-    run.release.migrated = True
-    return detail
+    before = fingerprint(run.remote, conn, run.app.python)
+    taken = run.release.backup_at
+    window = f"snapshot {before.at - taken:.1f} s before the migration" if taken else "no snapshot before the migration"
+    run.printer.line(f"migrate: {window}", run.host)
+    run.on_undo("restore_db", lambda: undo_migration(run, conn, before))
+    detail = migrate(run.remote, conn, run.layout, run.release.id, db.migrate, run.app.python, app_env(run))
+    if run.options.dry_run:
+        return detail
+    after = fingerprint(run.remote, conn, run.app.python)
+    run.release.migrated = after.digest != before.digest
+    change = f"{before.describe()} -> {after.describe()}" if run.release.migrated else "schema unchanged"
+    return f"{detail}; {change}"
 
 
-def _restore_after(run: HostRun, conn: DbConn, failure: MigrationFailed) -> StepFailed:
-    """Put back the snapshot taken just before the failed migration; the error says how that went."""
-    host, release_id, backup = run.remote.host, run.release.id, run.release.backup
-    if not backup:
+def undo_migration(run: HostRun, conn: DbConn, before: Fingerprint) -> str:
+    """The migrate step's undo: keep a completed migration (with a note), else restore only
+    when the schema really changed; DatabaseNotRestored (with the command) when it cannot."""
+    if MIGRATE in run.done:
+        if not run.release.migrated:
+            return "the migration changed nothing: nothing to restore"
+        run.notes.append(f"the database keeps the migrations of {run.release.id} (the code went back, the schema did "
+                         f"not); to take it back too: {restore_command(run)}")
+        return "kept the migrated schema (see the note)"
+    now = fingerprint(run.remote, conn, run.app.python)
+    if now.digest == before.digest:
+        return "the migration rolled itself back (schema unchanged): nothing to restore"
+    changed = f"the migration changed the schema ({before.describe()} -> {now.describe()})"
+    if not run.release.backup:
         why = "--skip-backup was given" if run.options.skip_backup else "there was no database before this deploy"
-        return DatabaseNotRestored(f"{failure}\nNo snapshot to restore ({why}): check {conn.label()} by hand")
+        raise DatabaseNotRestored(f"{run.host}: {changed} and there is no snapshot to restore ({why}): "
+                                  f"check {conn.label()} by hand")
     try:
-        run.timed("restore_db", lambda: restore_db(run.remote, conn, run.app.python, run.layout, release_id))
+        detail = restore_db(run.remote, conn, run.app.python, run.layout, snapshot_id(run.release.backup))
     except ShipfabError as exc:
-        return DatabaseNotRestored(f"{failure}\nRestoring {backup} failed too, the database may be half-migrated: {exc}. "
-                                   f"Restore it by hand: fab -H {host} restore-db --release {release_id} --yes")
-    return StepFailed(f"{failure}\nThe database was restored from {backup}, taken just before the migration.")
-
-
-def undo_note(run: HostRun) -> str:
-    """What a failed deploy's undo leaves in the database (its code goes back, its schema does not)."""
-    if not run.release.migrated:
-        return ""
-    return (f" The database keeps the migrations of {run.release.id}; to take it back too: "
-            f"fab -H {run.remote.host} restore-db --release {run.release.id} --yes")
-
-
-def prune_backups(run: HostRun, current: str) -> str:
-    db = run.app.database
-    if db is None or not handles_database(run.target, run.primary):
-        return ""
-    doomed = prune_snapshots(run.remote, run.layout, db.engine, db.keep_backups, current)
-    return f", {len(doomed)} old snapshot(s)" if doomed else ""
+        raise DatabaseNotRestored(f"{run.host}: {changed} and restoring {run.release.backup} failed: {exc}. "
+                                  f"Restore it by hand: {restore_command(run)}") from None
+    return f"{changed}: {detail}"
 
 
 # ---------------------------------------------------------------- rollback
@@ -109,45 +128,54 @@ def rollback_snapshot(records: list[dict[str, Any]], left: str, target: str) -> 
     return next((r for r in over if r["release"] == left), over[-1] if over else None)
 
 
-def prepare_rollback(runs: list[HostRun], to: str | None, yes: bool) -> None:
-    """--with-db: find and check each snapshot before anything changes, then ask."""
+def _records(run: HostRun) -> list[dict[str, Any]]:
+    """The release log (read with the state under the lock), one record per release, oldest first."""
+    return list(fold(run.state.events).values())
+
+
+def prepare_rollback(runs: list[HostRun], yes: bool) -> None:
+    """--with-db, under the lock, once each run's `release` names its target (`id`) and the
+    release it leaves (`previous`): find and check each snapshot before anything changes,
+    say which writes are lost, then ask (unless --yes)."""
     plans = []
     for run in runs:
         if not handles_database(run.target, run.primary):
             continue
-        state = read_state(run.remote, run.layout)
-        target = rollback_target(state, to, run.remote.host)
-        record = rollback_snapshot(release_log.read_log(run.remote, run.layout), state.current, target)
+        target = run.release.id
+        record = rollback_snapshot(_records(run), run.release.previous, target)
         if record is None:
-            raise UsageError(f"{run.remote.host}: no database snapshot was taken while {target} was serving, so "
+            raise UsageError(f"{run.host}: no database snapshot was taken while {target} was serving, so "
                              f"there is none to go back to; roll back without --with-db")
         conn = connection(run.remote, run.target)
-        check_snapshot(run.remote, conn, run.app.python, run.layout, snapshot_id(record["backup"]))
-        plans.append(f"{run.remote.host}: {conn.label()} from {record['backup']}")
+        snap = check_snapshot(run.remote, conn, run.app.python, run.layout, snapshot_id(record["backup"]))
+        plans.append(f"{run.host}: {conn.label()} from {snap.path}: {snap.lost_writes()}")
     if not plans:
         raise UsageError("--with-db: none of these hosts has a database configured")
+    for plan in plans:
+        runs[0].printer.line(f"rollback --with-db: {plan}", level=0)
     if not runs[0].options.dry_run:
-        confirm("Roll back and restore the database (" + "; ".join(plans) + ")? Writes since the snapshot are lost.", yes)
+        confirm("Roll back and restore the database (" + "; ".join(plans) + ")?", yes)
 
 
 def after_rollback(run: HostRun, left: str, target: str, with_db: bool) -> str:
-    """Once `target` serves again: restore its snapshot (--with-db), or warn when `left` ran
-    migrations. Returns the restored snapshot's path ("" when none)."""
+    """The rollback's last step, once `target` serves again: restore its snapshot (--with-db:
+    `run.release.backup` is then the snapshot restored), or warn when `left` applied migrations."""
     if not handles_database(run.target, run.primary):
-        return ""
-    records = release_log.read_log(run.remote, run.layout)
+        return "no database on this host" if run.app.database is None else f"the database is handled on {run.primary}"
+    records = _records(run)
     if with_db:
         record = rollback_snapshot(records, left, target)
-        if record is None:  # checked by prepare_rollback; the log changed since?
-            raise StepFailed(f"{run.remote.host}: no snapshot to restore for {target}")
+        if record is None:  # checked by prepare_rollback under the same lock
+            raise StepFailed(f"{run.host}: no snapshot to restore for {target}")
         conn = connection(run.remote, run.target)
-        sid = snapshot_id(record["backup"])
-        run.timed("restore_db", lambda: restore_db(run.remote, conn, run.app.python, run.layout, sid))
-        return str(record["backup"])
+        detail = restore_db(run.remote, conn, run.app.python, run.layout, snapshot_id(record["backup"]))
+        run.release.backup = str(record["backup"])
+        return detail
     left_record = next((r for r in records if r.get("release") == left), {})
-    if left_record.get("migrated"):
-        taken = f"snapshot {left_record['backup']} was taken before them" if left_record.get("backup") else "no snapshot"
-        run.printer.line(f"warning: release {left} ran database migrations ({taken}): the schema may be ahead of "
-                         f"the code of {target}. To take the database back too: "
-                         f"fab -H {run.remote.host} restore-db --release {left} --yes", run.remote.host, level=0)
-    return ""
+    if not left_record.get("migrated"):
+        return f"{left} applied no migrations: the database stays"
+    taken = f"snapshot {left_record['backup']} was taken before them" if left_record.get("backup") else "no snapshot"
+    run.printer.line(f"warning: release {left} applied database migrations ({taken}): the schema may be ahead of "
+                     f"the code of {target}. To take the database back too: "
+                     f"fab -H {run.host} restore-db --release {left} --yes", run.host, level=0)
+    return "the database stays as it is (see the warning)"

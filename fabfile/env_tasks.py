@@ -7,20 +7,34 @@ from pathlib import Path
 
 from fabric import task
 
-from . import flow
+from . import fleet
 from .cli import printer_for, run_cli, targets
+from .context import HostRun, Options
 from .errors import UsageError
-from .flow import HostRun, Options
-from .secrets import env_diff, parse_env
+from .inventory import Target
+from .managers.gunicorn import restart_gunicorn
+from .optional_positional import OptionalPositionalTask
+from .output import Printer
+from .secret_rule import env_diff, parse_env
 from .steps import env_file
-from .steps.restart_gunicorn import restart_gunicorn
 
 
 def _local_values(file: str) -> dict[str, str]:
     path = Path(file)
     if not path.is_file():
         raise UsageError(f"{file}: no such file")
-    return parse_env(path.read_text(), file)
+    try:
+        return parse_env(path.read_text(encoding="utf-8"), file)
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{file}: not UTF-8 text (byte {exc.start}); python-dotenv and the app read it as UTF-8") from None
+
+
+def _targets(c: object, printer: Printer, new: dict[str, str]) -> list[Target]:
+    """The hosts -H names; the local file's secrets (by each app's rule) join the redaction filter."""
+    hosts = targets(c, printer)
+    for target in hosts:
+        printer.redact.add_env(new, target.app)
+    return hosts
 
 
 def _describe(diff: dict[str, list[str]]) -> str:
@@ -28,19 +42,19 @@ def _describe(diff: dict[str, list[str]]) -> str:
     return "; ".join(parts) or "no differences"
 
 
-@task(positional=["file"], help={"file": "local env file (default .env)", "restart": "reload the app afterwards"})
-def push(c, file=None, restart=False, dry_run=False):
+@task(klass=OptionalPositionalTask, positional=["file"],
+      help={"file": "local env file (default .env)", "restart": "reload the app afterwards"})
+def push(c, file=".env", restart=False, dry_run=False):
     """Upload a local env file to shared/.env (validated, atomic, 0600; previous kept as .env.previous)."""
 
     def run_all() -> int:
-        new = _local_values(file or ".env")
+        new = _local_values(file)
         printer = printer_for()
-        printer.redact.add(new.values())
         options = Options(dry_run=dry_run)
 
         def step(run: HostRun) -> str:
             old = env_file.read_remote_env(run.remote, run.layout)
-            env_file.push(run.remote, run.layout, file or ".env", f"{os.getpid()}")
+            env_file.push(run.remote, run.layout, file, f"{os.getpid()}")
             detail = _describe(env_diff(old, new))
             if restart and run.state.current:
                 detail += "; " + restart_gunicorn(run.remote, run.app, run.layout, run.state.current)
@@ -48,23 +62,22 @@ def push(c, file=None, restart=False, dry_run=False):
                 detail += f"; the app reads it on its next reload: fab -H {run.remote.host} restart"
             return detail
 
-        return flow.each_host(targets(c, printer), printer, options, "env.push", step)
+        return fleet.each_host(_targets(c, printer, new), printer, options, "env.push", step)
 
     run_cli(run_all)
 
 
-@task(positional=["file"], help={"file": "local env file (default .env)"})
-def diff(c, file=None):
+@task(klass=OptionalPositionalTask, positional=["file"], help={"file": "local env file (default .env)"})
+def diff(c, file=".env"):
     """Keys added, removed and changed between a local env file and shared/.env: names only, never values."""
 
     def run_all() -> int:
-        new = _local_values(file or ".env")
+        new = _local_values(file)
         printer = printer_for()
-        printer.redact.add(new.values())
 
         def step(run: HostRun) -> str:
             return _describe(env_diff(env_file.read_remote_env(run.remote, run.layout), new))
 
-        return flow.each_host(targets(c, printer), printer, Options(), "env.diff", step, locked=False)
+        return fleet.each_host(_targets(c, printer, new), printer, Options(), "env.diff", step, locked=False)
 
     run_cli(run_all)

@@ -43,3 +43,9 @@ class PreflightFailed(ShipfabError):
 
 class StepFailed(ShipfabError):
     """A step's remote command or check failed; the message says why."""
+
+
+class ManualAction(StepFailed):
+    """A change could not be undone: a person must look; the message says what to run."""
+
+    exit_code = FAILED_MANUAL_ACTION

@@ -3,57 +3,91 @@
 The inventory has four parts: top-level `default` (the target used when no -H is
 given), `[defaults]` (connection settings for every host), `[apps.NAME]` (what is
 deployed and how) and `[hosts.NAME]` / `[groups]` (where). Every error names the
-file, the key path and what is wrong.
+file, the key path and what is wrong, on one line: no input (binary, another encoding,
+deep nesting, nan/inf, huge numbers, wrong types) gives a traceback, and every number is
+range-checked.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import math
 import os
+import re
+import reprlib
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import InventoryError
-from .secrets import unwrap_marked
+from .secret_rule import unwrap_marked
 
 STACKS = ("gunicorn",)
 MANAGERS = ("systemd", "supervisor", "pidfile")
 ENGINES = ("postgresql", "sqlite")
 HEALTH_VIA = ("controller", "host")
 
-# Schema: key -> (type, default). A default of REQUIRED means the key must be given.
+MAX_DEPTH = 32  # tables and arrays nested deeper than this are not an inventory
+MAX_SHOWN = 60  # characters of a value quoted in a message
+
+# Schema: key -> (type, default[, Range]). A default of REQUIRED means the key must be given.
 REQUIRED = object()
 
-GUNICORN_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
+
+@dataclass(frozen=True)
+class Range:
+    """The numbers a key accepts: finite, from `lo` (excluded when `above`) to `hi`."""
+
+    lo: float
+    hi: float
+    above: bool = False
+    why: str = ""
+
+    def problem(self, value: float) -> str | None:
+        """None when `value` is allowed, else what is wrong with it."""
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"must be a finite number, got {value}"
+        if (value > self.lo if self.above else value >= self.lo) and value <= self.hi:
+            return None
+        low = f"more than {self.lo:g}" if self.above else f"at least {self.lo:g}"
+        why = f" ({self.why})" if self.why else ""
+        return f"must be {low} and at most {self.hi:g}{why}, got {_show(value)}"
+
+
+PORT = Range(1, 65535, why="a TCP port")
+TIMEOUT = Range(0, 86400, above=True, why="seconds")
+MEGABYTES = Range(0, 2**40)
+
+GUNICORN_SCHEMA: dict[str, tuple[Any, ...]] = {
     "manager": (str, "pidfile"),
     "program": (str, ""),  # supervisor program / systemd unit name (default: the app name)
     "supervisor_conf": (str, ""),
     "sudo": (bool, False),
     "bind": (str, "127.0.0.1:8000"),
     "app_module": (str, "app:app"),
-    "workers": (int, 2),
-    "timeout": (int, 30),
+    "workers": (int, 2, Range(1, 256)),
+    "timeout": (int, 30, TIMEOUT),
     "control_socket": (bool, True),  # gunicorn >= 25.1: socket under shared/; false for older gunicorn
-    "restart_timeout": ((int, float), 60),
+    "restart_timeout": ((int, float), 60, TIMEOUT),
     "args": (list, []),
 }
 
-HEALTH_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
+HEALTH_SCHEMA: dict[str, tuple[Any, ...]] = {
     "url": (str, REQUIRED),
     "via": (str, "controller"),
-    "status": (int, 200),
+    "status": (int, 200, Range(100, 599, why="an HTTP status")),
     "body": (str, ""),
     "json": (dict, {}),
-    "timeout": ((int, float), 30),
-    "request_timeout": ((int, float), 5),
+    "timeout": ((int, float), 30, TIMEOUT),
+    "request_timeout": ((int, float), 5, TIMEOUT),
 }
 
-PREFLIGHT_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
-    "min_disk_percent": ((int, float), 10),
-    "min_disk_mb": (int, 1024),
-    "min_memory_mb": (int, 128),
+PREFLIGHT_SCHEMA: dict[str, tuple[Any, ...]] = {
+    "min_disk_percent": ((int, float), 10, Range(0, 100, why="percent")),
+    "min_disk_mb": (int, 1024, MEGABYTES),
+    "min_memory_mb": (int, 128, MEGABYTES),
     "python_min": (str, "3.8"),
     "nginx": (bool, False),  # the app sits behind nginx on this host: check the binary and `nginx -t`
     "nginx_conf": (str, ""),  # test this configuration file (`nginx -t -c FILE`) instead of nginx's default
@@ -61,34 +95,34 @@ PREFLIGHT_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "binaries": (list, []),  # more binaries the app needs on the host
 }
 
-NOTIFY_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
+NOTIFY_SCHEMA: dict[str, tuple[Any, ...]] = {
     "webhooks": (list, []),  # Slack-compatible incoming-webhook URLs
-    "timeout": ((int, float), 3),
+    "timeout": ((int, float), 3, TIMEOUT),
 }
 
-DATABASE_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
+DATABASE_SCHEMA: dict[str, tuple[Any, ...]] = {
     "engine": (str, "postgresql"),
     "name": (str, ""),  # postgresql: unset parts come from DATABASE_URL in the remote shared/.env
     "user": (str, ""),
     "host": (str, ""),  # as seen from the server ("" = DATABASE_URL's, else the local socket)
-    "port": (int, 0),  # 0 = DATABASE_URL's, else 5432
+    "port": (int, 0, Range(0, 65535, why="a TCP port; 0 = DATABASE_URL's")),  # 0 = DATABASE_URL's, else 5432
     "password": (str, ""),  # secret: never printed nor put on a command line
     "url_from_env": (bool, True),
     "pg_bin": (str, ""),  # directory of pg_dump/pg_restore/psql on the host ("" = PATH)
     "path": (str, ""),  # sqlite: the database file, relative to shared/
-    "keep_backups": (int, 5),
+    "keep_backups": (int, 5, Range(1, 1000, why="the newest snapshot is always kept")),
     "migrate": (str, ""),  # shell command run in the new release, e.g. "alembic upgrade head"
     "checks": (dict, {}),
 }
 
-DB_CHECKS_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
+DB_CHECKS_SCHEMA: dict[str, tuple[Any, ...]] = {
     "extensions": (dict, {}),  # name = minimum version ("" = any), e.g. { vector = "0.8" }
     "columns": (dict, {}),  # "table.column" = type, e.g. { "embeddings.embedding_vector" = "vector" }
     "indexes": (dict, {}),  # table = [index names]
     "alembic": (str, ""),  # alembic config in the release ("alembic.ini"): pending migrations check
 }
 
-APP_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
+APP_SCHEMA: dict[str, tuple[Any, ...]] = {
     "stack": (str, REQUIRED),
     "deploy_to": (str, REQUIRED),
     "repo": (str, ""),  # URL the host can reach: kept as a mirror on the host
@@ -96,7 +130,7 @@ APP_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "subdir": (str, ""),  # the app lives in this folder of the repository
     "branch": (str, "HEAD"),
     "python": (str, "python3"),
-    "keep_releases": (int, 5),
+    "keep_releases": (int, 5, Range(2, 1000, why="current and previous are always kept")),
     "shared_files": (list, [".env"]),
     "shared_dirs": (list, ["logs"]),
     "wheelhouse": (str, ""),  # remote dir of wheels: pip runs --no-index --find-links
@@ -105,26 +139,28 @@ APP_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "preflight": (dict, {}),
     "notify": (dict, {}),
     "database": (dict, None),  # no table: no database for shipfab to look after (an empty one: all from DATABASE_URL)
+    "secret_keys": (list, []),  # .env keys whose values are secret although their names do not say so
+    "public_keys": (list, []),  # .env keys whose values are not secret although their names match the rule
 }
 
-CONNECTION_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
+CONNECTION_SCHEMA: dict[str, tuple[Any, ...]] = {
     "hostname": (str, ""),
     "user": (str, ""),
-    "port": (int, 22),
+    "port": (int, 22, PORT),
     "key_filename": (str, ""),
     "known_hosts": (str, ""),
-    "connect_timeout": ((int, float), 10),
+    "connect_timeout": ((int, float), 10, TIMEOUT),
     "app": (str, ""),
 }
 
-HOST_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
+HOST_SCHEMA: dict[str, tuple[Any, ...]] = {
     **CONNECTION_SCHEMA,
     "local": (bool, False),  # the sandbox: runs on this machine, no ssh
     "primary": (bool, False),
     "overrides": (dict, {}),  # app settings for this host only (deep-merged)
 }
 
-TOP_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
+TOP_SCHEMA: dict[str, tuple[Any, ...]] = {
     "default": (str, ""),
     "defaults": (dict, {}),
     "apps": (dict, {}),
@@ -222,6 +258,8 @@ class App:
     preflight: PreflightSettings
     notify: NotifySettings
     database: DatabaseSettings | None = None
+    secret_keys: tuple[str, ...] = ()
+    public_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -293,38 +331,53 @@ def load_inventory(path: Path | None = None) -> Inventory:
     """Read and validate hosts.toml (default ./hosts.toml or $SHIPFAB_HOSTS)."""
     path = Path(path) if path else inventory_path()
     if not path.is_file():
-        raise InventoryError(f"{path}: inventory not found (create it or set SHIPFAB_HOSTS)")
+        raise InventoryError(_one_line(f"{path}: inventory not found (create it or set SHIPFAB_HOSTS)"))
     try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise InventoryError(f"{path}: not valid TOML: {exc}") from None
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InventoryError(_one_line(f"{path}: cannot read it: {exc.strerror or exc}")) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InventoryError(
+            _one_line(f"{path}: not UTF-8 text (byte {exc.start} is {raw[exc.start:exc.start + 1]!r}); save it as UTF-8")
+        ) from None
+    try:
+        data = tomllib.loads(text)
+    except RecursionError:
+        raise InventoryError(f"{_one_line(str(path))}: not valid TOML: nested too deeply") from None
+    except ValueError as exc:  # TOMLDecodeError, and integers too long to convert
+        raise InventoryError(_one_line(f"{path}: not valid TOML: {exc}")) from None
     return parse_inventory(data, path)
 
 
 def parse_inventory(data: dict[str, Any], path: Path) -> Inventory:
     """Validate the parsed TOML and build the Inventory (errors name file and key path)."""
     where = _Where(path)
+    _check_depth(data, where)
     secrets: set[str] = set()
     data = unwrap_marked(data, secrets)
     top = _check_table(data, TOP_SCHEMA, "", where)
     defaults = _check_table(top["defaults"], {**CONNECTION_SCHEMA}, "defaults", where)
+    _check_login(defaults, "defaults", where)
     base_dir = path.resolve().parent
 
     raw_apps = top["apps"]
     inv = Inventory(path=path, default=top["default"], defaults=defaults, secrets=secrets)
     for name, raw in raw_apps.items():
-        _expect(raw, dict, f"apps.{name}", where)
-        inv.apps[name] = _build_app(name, raw, f"apps.{name}", where, base_dir, local=None)
+        _expect(raw, dict, _key("apps", name), where)
+        inv.apps[name] = _build_app(name, raw, _key("apps", name), where, base_dir, local=None)
 
     for name, raw in top["hosts"].items():
-        key = f"hosts.{name}"
+        key = _key("hosts", name)
         _expect(raw, dict, key, where)
         host = _check_table(raw, HOST_SCHEMA, key, where)
+        _check_login(host, key, where)
         app_name = host["app"] or defaults.get("app", "") or (next(iter(raw_apps)) if len(raw_apps) == 1 else "")
         if not app_name:
             where.fail(f"{key}.app", "missing required key (which app runs on this host?)")
         if app_name not in raw_apps:
-            where.fail(f"{key}.app", f"unknown app {app_name!r}; known apps: {', '.join(raw_apps) or '(none)'}")
+            where.fail(f"{key}.app", f"unknown app {_show(app_name)}; known apps: {', '.join(raw_apps) or '(none)'}")
         # Built per host: overrides apply, and deploy_to is checked for this kind of host.
         merged = _deep_merge(raw_apps[app_name], host["overrides"])
         app_key = f"{key}.overrides" if host["overrides"] else f"apps.{app_name}"
@@ -342,20 +395,20 @@ def parse_inventory(data: dict[str, Any], path: Path) -> Inventory:
         )
 
     for gname, members in top["groups"].items():
-        key = f"groups.{gname}"
+        key = _key("groups", gname)
         _expect(members, list, key, where)
         if not members:
             where.fail(key, "a group needs at least one host")
         for i, member in enumerate(members):
             _expect(member, str, f"{key}[{i}]", where)
             if member not in inv.targets:
-                where.fail(f"{key}[{i}]", f"unknown host {member!r}; known hosts: {', '.join(inv.targets) or '(none)'}")
+                where.fail(f"{key}[{i}]", f"unknown host {_show(member)}; known hosts: {', '.join(inv.targets) or '(none)'}")
         if gname in inv.targets:
-            where.fail(key, f"{gname!r} is both a host and a group")
+            where.fail(key, f"{_show(gname)} is both a host and a group")
         inv.groups[gname] = list(members)
 
     if inv.default and inv.default not in inv.targets and inv.default not in inv.groups:
-        where.fail("default", f"{inv.default!r} is not a host or group; known names: {', '.join(inv.names())}")
+        where.fail("default", f"{_show(inv.default)} is not a host or group; known names: {', '.join(inv.names())}")
     return inv
 
 
@@ -364,7 +417,46 @@ class _Where:
         self.path = path
 
     def fail(self, key: str, message: str) -> None:
-        raise InventoryError(f"{self.path}: {key or '(top level)'}: {message}")
+        raise InventoryError(_one_line(f"{self.path}: {key or '(top level)'}: {message}"))
+
+
+def _one_line(text: str) -> str:
+    """Control characters (newlines...) escaped: every error is exactly one line."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)
+
+
+def _key(prefix: str, name: str) -> str:
+    """A key path as TOML writes it: `apps.web`, `hosts."odd name"`."""
+    part = name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else json.dumps(name)
+    return f"{prefix}.{part}" if prefix else part
+
+
+_short_repr = reprlib.Repr()
+_short_repr.maxstring = _short_repr.maxother = MAX_SHOWN
+_short_repr.maxlevel = 2
+
+
+def _show(value: Any) -> str:
+    """A value quoted in a message: shortened, never a megabyte, never an exception."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"a {value.bit_length()}-bit integer"
+    try:
+        return _short_repr.repr(value)
+    except ValueError:  # an integer too long to convert, inside a container
+        return f"a {TYPE_NAMES.get(type(value), type(value).__name__)} holding a huge integer"
+
+
+def _check_depth(data: Any, where: _Where) -> None:
+    """Refuse tables and arrays nested deeper than MAX_DEPTH (without recursion)."""
+    stack: list[tuple[Any, str, int]] = [(data, "", 0)]
+    while stack:
+        value, key, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            where.fail(key, f"nested more than {MAX_DEPTH} levels deep")
+        if isinstance(value, dict):
+            stack.extend((v, _key(key, str(k)), depth + 1) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((v, f"{key}[{i}]", depth + 1) for i, v in enumerate(value))
 
 
 def _type_name(expected: type | tuple[type, ...]) -> str:
@@ -381,31 +473,49 @@ def _expect(value: Any, expected: type | tuple[type, ...], key: str, where: _Whe
         ok = isinstance(value, types)
     if not ok:
         got = TYPE_NAMES.get(type(value), type(value).__name__)
-        where.fail(key, f"expected {_type_name(expected)}, got {got} {value!r}")
+        where.fail(key, f"expected {_type_name(expected)}, got {got} {_show(value)}")
+    if isinstance(value, str) and any(not ch.isprintable() and ch not in "\t\n" for ch in value):
+        where.fail(key, f"contains a control character: {_show(value)}")
 
 
-def _check_table(
-    raw: dict[str, Any], schema: dict[str, tuple[Any, Any]], key: str, where: _Where
-) -> dict[str, Any]:
-    prefix = f"{key}." if key else ""
+def _check_table(raw: dict[str, Any], schema: dict[str, tuple[Any, ...]], key: str, where: _Where) -> dict[str, Any]:
+    """Known keys only, each of its type and range; defaults for the keys not given."""
     out: dict[str, Any] = {}
     for k in raw:
         if k not in schema:
-            where.fail(f"{prefix}{k}", f"unknown key; expected one of: {', '.join(schema)}")
-    for k, (typ, default) in schema.items():
+            where.fail(_key(key, k), f"unknown key; expected one of: {', '.join(schema)}")
+    for k, (typ, default, *limits) in schema.items():
         if k in raw:
-            _expect(raw[k], typ, f"{prefix}{k}", where)
+            _expect(raw[k], typ, _key(key, k), where)
+            problem = limits[0].problem(raw[k]) if limits else None
+            if problem:
+                where.fail(_key(key, k), problem)
             out[k] = raw[k]
         elif default is REQUIRED:
-            where.fail(f"{prefix}{k}", "missing required key")
+            where.fail(_key(key, k), "missing required key")
         else:
             out[k] = copy.deepcopy(default)
     return out
 
 
+def _check_login(table: dict[str, Any], key: str, where: _Where) -> None:
+    """A host name or user is one word that is not an option (`-oProxyCommand=...`)."""
+    for k in ("hostname", "user"):
+        value = table[k]
+        if value.startswith("-") or any(ch.isspace() for ch in value):
+            where.fail(f"{key}.{k}", f"not a valid {k}: {_show(value)}")
+
+
+def _strings(values: list[Any], key: str, where: _Where) -> tuple[str, ...]:
+    """An array of strings, each item checked."""
+    for i, item in enumerate(values):
+        _expect(item, str, f"{key}[{i}]", where)
+    return tuple(values)
+
+
 def _choice(value: str, choices: tuple[str, ...], key: str, where: _Where) -> None:
     if value not in choices:
-        where.fail(key, f"unknown value {value!r}; expected one of: {', '.join(choices)}")
+        where.fail(key, f"unknown value {_show(value)}; expected one of: {', '.join(choices)}")
 
 
 def _build_app(
@@ -419,26 +529,18 @@ def _build_app(
     h = _check_table(a["health"], HEALTH_SCHEMA, f"{key}.health", where)
     pf = _check_table(a["preflight"], PREFLIGHT_SCHEMA, f"{key}.preflight", where)
     nt = _check_table(a["notify"], NOTIFY_SCHEMA, f"{key}.notify", where)
-    for list_key, table_key in (("required_env", "preflight"), ("binaries", "preflight"), ("webhooks", "notify")):
-        for i, item in enumerate((pf if table_key == "preflight" else nt)[list_key]):
-            _expect(item, str, f"{key}.{table_key}.{list_key}[{i}]", where)
     _choice(h["via"], HEALTH_VIA, f"{key}.health.via", where)
     for list_key in ("shared_files", "shared_dirs"):
-        for i, item in enumerate(a[list_key]):
-            _expect(item, str, f"{key}.{list_key}[{i}]", where)
+        for i, item in enumerate(_strings(a[list_key], f"{key}.{list_key}", where)):
             if item.startswith("/") or ".." in item.split("/"):
-                where.fail(f"{key}.{list_key}[{i}]", f"must be a path inside the release, got {item!r}")
-    for i, item in enumerate(g["args"]):
-        _expect(item, str, f"{key}.gunicorn.args[{i}]", where)
-    if a["keep_releases"] < 2:
-        where.fail(f"{key}.keep_releases", "must be at least 2 (current and previous are always kept)")
+                where.fail(f"{key}.{list_key}[{i}]", f"must be a path inside the release, got {_show(item)}")
     if a["repo"] and a["checkout"]:
         where.fail(f"{key}.repo", "set either repo (a URL the host clones) or checkout (a local path), not both")
     deploy_to = a["deploy_to"]
     if local:
         deploy_to = str((base_dir / deploy_to).resolve())
     elif local is False and not deploy_to.startswith("/"):
-        where.fail(f"{key}.deploy_to", f"must be an absolute path on ssh host {host!r}, got {deploy_to!r}")
+        where.fail(f"{key}.deploy_to", f"must be an absolute path on ssh host {_show(host)}, got {_show(deploy_to)}")
     checkout = "" if a["repo"] else str((base_dir / (a["checkout"] or ".")).resolve())
     return App(
         name=name,
@@ -453,11 +555,15 @@ def _build_app(
         shared_files=tuple(a["shared_files"]),
         shared_dirs=tuple(a["shared_dirs"]),
         wheelhouse=a["wheelhouse"],
-        gunicorn=GunicornSettings(**{**g, "program": g["program"] or name, "args": tuple(g["args"])}),
+        gunicorn=GunicornSettings(**{**g, "program": g["program"] or name,
+                                     "args": _strings(g["args"], f"{key}.gunicorn.args", where)}),
         health=HealthSettings(**h),
-        preflight=PreflightSettings(**{**pf, "required_env": tuple(pf["required_env"]), "binaries": tuple(pf["binaries"])}),
-        notify=NotifySettings(webhooks=tuple(nt["webhooks"]), timeout=nt["timeout"]),
+        preflight=PreflightSettings(**{**pf, "required_env": _strings(pf["required_env"], f"{key}.preflight.required_env", where),
+                                       "binaries": _strings(pf["binaries"], f"{key}.preflight.binaries", where)}),
+        notify=NotifySettings(webhooks=_strings(nt["webhooks"], f"{key}.notify.webhooks", where), timeout=nt["timeout"]),
         database=_database(a["database"], f"{key}.database", where) if a["database"] is not None else None,
+        secret_keys=_strings(a["secret_keys"], f"{key}.secret_keys", where),
+        public_keys=_strings(a["public_keys"], f"{key}.public_keys", where),
     )
 
 
@@ -470,23 +576,18 @@ def _database(raw: dict[str, Any], key: str, where: _Where) -> DatabaseSettings:
     if d["engine"] != "sqlite" and d["path"]:
         where.fail(f"{key}.path", "only for engine sqlite")
     if d["path"].startswith("/") or ".." in d["path"].split("/"):
-        where.fail(f"{key}.path", f"must be a path inside shared/, got {d['path']!r}")
-    if not 0 <= d["port"] <= 65535:
-        where.fail(f"{key}.port", f"must be a TCP port, got {d['port']}")
+        where.fail(f"{key}.path", f"must be a path inside shared/, got {_show(d['path'])}")
     if "\n" in d["password"]:
         where.fail(f"{key}.password", "must be one line")
-    if d["keep_backups"] < 1:
-        where.fail(f"{key}.keep_backups", "must be at least 1 (the newest snapshot is always kept)")
     for name, version in c["extensions"].items():
-        _expect(version, str, f"{key}.checks.extensions.{name}", where)
+        _expect(version, str, _key(f"{key}.checks.extensions", name), where)
     for column, typ in c["columns"].items():
-        _expect(typ, str, f"{key}.checks.columns.{column}", where)
+        _expect(typ, str, _key(f"{key}.checks.columns", column), where)
         if "." not in column:
-            where.fail(f"{key}.checks.columns.{column}", "name the column as \"table.column\"")
+            where.fail(_key(f"{key}.checks.columns", column), "name the column as \"table.column\"")
     for table, names in c["indexes"].items():
-        _expect(names, list, f"{key}.checks.indexes.{table}", where)
-        for i, name in enumerate(names):
-            _expect(name, str, f"{key}.checks.indexes.{table}[{i}]", where)
+        _expect(names, list, _key(f"{key}.checks.indexes", table), where)
+        _strings(names, _key(f"{key}.checks.indexes", table), where)
     checks = DbChecks(extensions=c["extensions"], columns=c["columns"], alembic=c["alembic"],
                       indexes={t: tuple(n) for t, n in c["indexes"].items()})
     return DatabaseSettings(**{**d, "checks": checks})

@@ -29,11 +29,11 @@ def message(event: str, info: dict[str, Any]) -> dict[str, Any]:
 
 def send(settings: NotifySettings, event: str, info: dict[str, Any], printer: Printer) -> None:
     """POST the event to every webhook; secrets are masked in the payload."""
-    import requests  # imported here: it costs ~90 ms of every fab start-up (bench/)
-
     if not settings.webhooks:
         return
-    body = printer.redact(json.dumps(message(event, info)))
+    import requests  # only when a webhook is configured: it costs ~90-190 ms (bench/README.md)
+
+    body = json.dumps(printer.redact.mask_data(message(event, info)))
     for url in settings.webhooks:
         try:
             resp = requests.post(url, data=body, headers={"Content-Type": "application/json"}, timeout=settings.timeout)

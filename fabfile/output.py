@@ -2,29 +2,61 @@
 
 from __future__ import annotations
 
+import re
 import sys
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from .secrets import secret_parts
+from .secret_rule import env_secrets, secret_forms, url_passwords
+
+if TYPE_CHECKING:
+    from .inventory import App
 
 MASK = "********"
 
 
 class Redactor:
-    """Masks known secret values in any text before it is printed or logged."""
+    """Masks known secret values, in every form (see secrets.secret_forms), in text and in
+    data about to be serialized. Thread-safe: hosts of a fleet add their secrets concurrently."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self._secrets: set[str] = set()
+        self._forms: set[str] = set()
+        self._pattern: re.Pattern[str] | None = None
+        self._lock = threading.Lock()
         self.add(secrets)
 
     def add(self, secrets: Iterable[str]) -> None:
-        # Very short values would mask ordinary words; secrets are longer than that.
-        self._secrets.update(part for s in secrets if s for part in secret_parts(s) if len(part) >= 4)
+        """Known secret values (and the passwords of URLs among them)."""
+        forms = {form for s in secrets if s for part in (s, *url_passwords(s)) for form in secret_forms(part)}
+        with self._lock:
+            if not forms <= self._forms:
+                self._forms |= forms
+                self._pattern = None
+
+    def add_env(self, values: Mapping[str, str], app: App | None = None) -> None:
+        """The secrets of a parsed .env, by the rule and the app's `secret_keys` / `public_keys`."""
+        public, secret = (app.public_keys, app.secret_keys) if app is not None else ((), ())
+        self.add(env_secrets(values, public, secret))
 
     def __call__(self, text: str) -> str:
-        for secret in sorted(self._secrets, key=len, reverse=True):
-            text = text.replace(secret, MASK)
-        return text
+        with self._lock:
+            if self._pattern is None and self._forms:
+                # Longest first: a form that contains another is masked whole.
+                self._pattern = re.compile("|".join(map(re.escape, sorted(self._forms, key=len, reverse=True))))
+            pattern = self._pattern
+        return pattern.sub(MASK, text) if pattern is not None else text
+
+    def mask_data(self, obj: Any) -> Any:
+        """A copy of a dict/list structure with every string masked: call it *before*
+        serializing (JSON escaping would otherwise hide a secret from the text filter)."""
+        if isinstance(obj, str):
+            return self(obj)
+        if isinstance(obj, Mapping):
+            return {self.mask_data(k): self.mask_data(v) for k, v in obj.items()}
+        if isinstance(obj, list | tuple):
+            return [self.mask_data(v) for v in obj]
+        return obj
 
 
 class Printer:

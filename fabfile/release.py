@@ -40,5 +40,6 @@ class Release:
     venv_hash: str = ""
     switched: bool = False
     backup: str = ""  # the database snapshot taken before this release's migrations
-    migrated: bool = False  # its migrations ran (on this host)
+    backup_at: float = 0.0  # when that snapshot's view of the database was taken (the host's clock, epoch s)
+    migrated: bool = False  # a migration was applied: the schema fingerprint changed (on this host)
     timings: dict[str, float] = field(default_factory=dict)

@@ -8,8 +8,11 @@ changes the host, shows them with -v, and turns failures into clear errors.
 from __future__ import annotations
 
 import io
+import logging
+import shlex
 import shutil
 import socket
+from typing import IO
 
 import paramiko
 from fabric import Config, Connection
@@ -21,9 +24,20 @@ from .hostkeys import RefuseUnknownHostKey, UnknownHostKey, fingerprint, known_h
 from .inventory import Target
 from .output import Printer
 
+# paramiko logs errors of its transport thread (with traceback lines) to the root logger's
+# last-resort handler, i.e. onto the user's terminal; shipfab reports them as one line instead.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+logging.getLogger("paramiko").propagate = False
+
+BUSY_WAIT = 900  # seconds a serialized command waits for a command still running on the host
+
 
 class ConnectionLost(StepFailed):
     """The ssh link to a host failed or dropped."""
+
+
+class Unreachable(ConnectionLost):
+    """The host could not be reached at all: nothing ran there."""
 
 
 class HostKeyRejected(StepFailed):
@@ -63,6 +77,10 @@ class Remote:
         self.host = target.name
         self.printer = printer
         self.dry_run = dry_run
+        # Once the deploy lock is held: a file every changing command takes with flock(1), so a
+        # command orphaned by a dropped link finishes before the next one (an undo) starts.
+        self.busy: str = ""
+        self.would_run = 0  # commands a dry run printed instead of running
         self._conn: Connection | Context | None = None
 
     @property
@@ -70,7 +88,13 @@ class Remote:
         if self._conn is None:
             self._conn = open_connection(self.target)
         if isinstance(self._conn, Connection) and not self._conn.is_connected:
-            self._open(self._conn)
+            try:
+                self._open(self._conn)
+            except (paramiko.BadHostKeyException, UnknownHostKey):
+                raise
+            except (paramiko.SSHException, TimeoutError, OSError, EOFError) as exc:
+                self._conn = None
+                raise Unreachable(f"{self.host}: cannot connect: {exc or type(exc).__name__}") from None
         return self._conn
 
     def _open(self, conn: Connection) -> None:
@@ -81,21 +105,33 @@ class Remote:
         if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
+    def serialized(self, cmd: str) -> str:
+        """`cmd` under the host's busy flock (see `busy`), or as it is when there is none."""
+        if not self.busy:
+            return cmd
+        # -o: the command's children (a daemonized gunicorn) must not inherit the lock
+        return f"flock -o -w {BUSY_WAIT} {shlex.quote(self.busy)} bash -c {shlex.quote(cmd)}"
+
     def run(
         self, cmd: str, *, change: bool = True, warn: bool = False, timeout: float | None = None, show_output: bool = True,
-        stdin: str | None = None,
+        stdin: str | None = None, serialize: bool = True, out_stream: IO[str] | None = None,
     ) -> Result:
         """Run `cmd` on the host. `change=False` marks a read-only query (it runs under --dry-run too);
         `show_output=False` keeps its output out of -v (it holds secrets); `stdin` is fed to the
-        command and never shown (how secrets reach it without a command line)."""
+        command and never shown (how secrets reach it without a command line). A changing command
+        runs under the busy flock once the lock is held (`serialize=False`: not, e.g. the unlock).
+        `out_stream` receives the command's stdout as it arrives (still captured in the result)."""
         shown = self.printer.redact(cmd)
         if self.dry_run and change:
+            self.would_run += 1
             self.printer.line(f"would run: {shown}", self.host, level=0)
             return Result(stdout="", stderr="", exited=0, command=cmd)
         self.printer.line(f"$ {shown}", self.host, level=2)
+        wire = self.serialized(cmd) if change and serialize else cmd
         try:
             in_stream = io.StringIO(stdin) if stdin is not None else False
-            res = self.conn.run(cmd, hide=True, warn=True, timeout=timeout, in_stream=in_stream)
+            res = self.conn.run(wire, hide="stderr" if out_stream else True, warn=True, timeout=timeout, in_stream=in_stream,
+                                out_stream=out_stream)
         except paramiko.BadHostKeyException as exc:
             raise HostKeyRejected(
                 f"{self.host}: the host key of {exc.hostname} CHANGED: it presents {fingerprint(exc.key)}, "
@@ -108,18 +144,23 @@ class Remote:
                 f"If that fingerprint is right, trust it: fab -H {self.host} trust "
                 f"(or ssh-keyscan -p {self.target.port} {self.target.hostname} >> {known_hosts_path(self.target.known_hosts)})"
             ) from None
+        except ConnectionLost:
+            raise
         except paramiko.SSHException as exc:
+            self._drop()
             raise ConnectionLost(f"{self.host}: ssh failed: {exc}") from None
         except (TimeoutError, OSError, EOFError) as exc:
+            self._drop()
             raise ConnectionLost(f"{self.host}: ssh connection failed: {exc or type(exc).__name__}") from None
         for stream in (res.stdout, res.stderr) if show_output else ():
             if stream.strip():
                 self.printer.line(stream.rstrip(), self.host, level=2)
         if res.exited == -1:
+            self._drop()
             raise ConnectionLost(f"{self.host}: ssh connection dropped while running: {_short(shown)}")
         if not res.ok and not warn:
-            detail = (res.stderr.strip() or res.stdout.strip())[-800:]
-            raise StepFailed(f"{self.host}: command failed (exit {res.exited}): {_short(shown)}\n{self.printer.redact(detail)}")
+            detail = self.printer.redact(res.stderr.strip() or res.stdout.strip())[-800:]  # masked before it is cut
+            raise StepFailed(f"{self.host}: command failed (exit {res.exited}): {_short(shown)}\n{detail}")
         return res
 
     def put(self, local: str, remote_path: str) -> None:
@@ -149,8 +190,20 @@ class Remote:
 
     def close(self) -> None:
         if self._conn is not None and isinstance(self._conn, Connection):
-            self._conn.close()
+            try:
+                self._conn.close()
+            except Exception:  # noqa: BLE001 - a dead link may fail to close; it is gone either way
+                pass
         self._conn = None
+
+    def _drop(self) -> None:
+        """Forget a connection that failed: the next command opens a new one."""
+        self.close()
+
+    def reconnect(self) -> None:
+        """A fresh connection (after a dropped link or an interrupted command, before an undo)."""
+        self.close()
+        _ = self.conn
 
 
 def _short(cmd: str, limit: int = 160) -> str:

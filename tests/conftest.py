@@ -16,7 +16,7 @@ import pytest
 
 from fabfile.inventory import load_inventory
 from fabfile.layout import Layout
-from fabfile.steps.restart_gunicorn import gunicorn_argv
+from fabfile.managers.gunicorn import gunicorn_argv
 
 from .services import Nginx, Sshd, Supervisord, free_port, make_ssh_keys
 

@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -500,7 +501,8 @@ class Supervisord(_Service):
     def __init__(self, workdir: Path) -> None:
         self.workdir = Path(workdir)
         self.conf = self.workdir / "supervisord.conf"
-        self.socket = self.workdir / "supervisor.sock"
+        # AF_UNIX paths are limited to 107 bytes: pytest's tmp dirs can be longer.
+        self.socket = Path(tempfile.mkdtemp(prefix="svd-")) / "s.sock"
         self.pidfile = self.workdir / "supervisord.pid"
         self.logfile = self.workdir / "supervisord.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -613,6 +615,9 @@ class Supervisord(_Service):
                     pass
             _terminate(self.proc)
             _kill_all(tree)
+        with contextlib.suppress(OSError):
+            self.socket.unlink(missing_ok=True)
+            self.socket.parent.rmdir()
         self._unregister()
 
 
@@ -875,3 +880,12 @@ __all__ = [
     "port_open",
     "wait_for_port",
 ]
+
+
+def set_session_env(sshd: Sshd, env: dict[str, str]) -> None:
+    """Change the environment of the *next* sessions of a running sshd: authorized_keys
+    options are read at each login. Only the variables it started with can be set."""
+    if not set(env) <= set(sshd.session_env):
+        raise ValueError(f"sshd {sshd.port} was started permitting only {sorted(sshd.session_env)}")
+    sshd.session_env = env
+    sshd._write_files()

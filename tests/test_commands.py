@@ -1,23 +1,33 @@
 """Pure command builders: exact strings, no SSH (Kamal-style)."""
 
+import shlex
 import subprocess
 from datetime import UTC, datetime
 
 import pytest
 
-from fabfile.flow import EXIT_PRIORITY
+from fabfile.context import HostState
+from fabfile.fleet import EXIT_PRIORITY
 from fabfile.inventory import parse_inventory
 from fabfile.layout import Layout
+from fabfile.managers import boot_probe
+from fabfile.managers.boot_check import PROBE, boot_check_script, parse_probe
+from fabfile.managers.gunicorn import gunicorn_argv, handover_argv, manager_cmds, parse_markers, restart_script
 from fabfile.output import Redactor, table
+from fabfile.probes.http import curl_cmd, evaluate, json_field, parse_curl
 from fabfile.release import new_release_id
-from fabfile.steps import lock, prune, release_log
-from fabfile.steps.deploy_code import archive_spec, extract_cmd, link_shared_cmd, mirror_extract_cmd, mirror_update_cmd
-from fabfile.steps.health_check import curl_cmd, evaluate, json_field, parse_curl
-from fabfile.steps.host_state import HostState, parse_state, state_cmd
-from fabfile.steps.pip_sync import parse_sync, sync_script
-from fabfile.steps.restart_gunicorn import gunicorn_argv, manager_cmds, restart_script
-from fabfile.steps.rollback import rollback_target
-from fabfile.steps.switch_release import switch_cmd
+from fabfile.steps import host_state, lock, prune, release_log
+from fabfile.steps.deploy_code import (
+    archive_spec,
+    extract_cmd,
+    link_shared_cmd,
+    mirror_extract_cmd,
+    mirror_update_cmd,
+    publish_cmd,
+    remove_cmd,
+)
+from fabfile.steps.pip_sync import cleanup_cmd, parse_sync, sync_script
+from fabfile.steps.switch_release import switch_back_cmd, switch_cmd
 
 L = Layout("/srv/my app")
 
@@ -39,54 +49,88 @@ def test_switch_is_atomic_symlink_then_rename():
 
 
 def test_lock_commands():
-    owner = {"user": "ann", "controller": "laptop", "pid": 7, "since": "2026-11-23T10:00:00Z", "ref": "v1"}
-    assert lock.acquire_cmd(L, owner) == (
-        "mkdir -p '/srv/my app/.shipfab' && if mkdir '/srv/my app/.shipfab/lock' 2>/dev/null; then printf '%s\\n' "
-        "'{\"controller\": \"laptop\", \"pid\": 7, \"ref\": \"v1\", \"since\": \"2026-11-23T10:00:00Z\", \"user\": \"ann\"}'"
-        " > '/srv/my app/.shipfab/lock/owner.json' && echo ACQUIRED; else echo HELD; "
-        "cat '/srv/my app/.shipfab/lock/owner.json' 2>/dev/null; fi"
-    )
-    assert lock.release_cmd(L) == "rm -rf '/srv/my app/.shipfab/lock'"
+    owner = {"user": "ann", "controller": "laptop", "pid": 7, "since": "2026-11-23T10:00:00Z", "ref": "v1", "token": "t0k"}
+    script = host_state.lock_cmd(L, owner)
+    assert "if mkdir '/srv/my app/.shipfab/lock' 2>/dev/null; then" in script
+    # owner.json is written under a temp name and renamed; a lock whose owner file cannot be written is removed
+    assert "> '/srv/my app/.shipfab/lock/owner.json'.tmp 2>/dev/null && mv -f" in script
+    assert "else rm -rf '/srv/my app/.shipfab/lock'; echo 'LOCK FAILED" in script
+    assert lock.release_cmd(L, "t0k") == (
+        "if [ ! -d '/srv/my app/.shipfab/lock' ]; then echo FREE; elif grep -q t0k '/srv/my app/.shipfab/lock/owner.json' "
+        "2>/dev/null; then rm -rf '/srv/my app/.shipfab/lock' && echo RELEASED; else echo NOT_OURS; fi")
     assert lock.describe_holder('{"user":"ann","controller":"laptop","pid":7,"since":"S","ref":"v1"}') == (
         "ann@laptop (pid 7) since S, deploying 'v1'"
     )
-    assert "unknown holder" in lock.describe_holder("garbage")
+    assert "unknown holder" in lock.describe_holder("garbage") and "unknown holder" in lock.describe_holder("{}")
 
 
-def test_deploy_code_commands():
+def test_lock_names_a_dead_holder_on_this_controller():
+    import os
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    assert "not running on this controller: the lock is stale" in lock.pid_note({"controller": "me", "pid": dead.pid}, "me")
+    assert "still running" in lock.pid_note({"controller": "me", "pid": os.getpid()}, "me")
+    assert lock.pid_note({"controller": "elsewhere", "pid": os.getpid()}, "me") == ""
+
+
+def test_lock_and_state_script_runs(tmp_path):
+    """The real script against a real directory: taken once, then held; state sections parse."""
+    lay = Layout(str(tmp_path / "app"))
+    (tmp_path / "app" / "releases" / "R1").mkdir(parents=True)
+    (tmp_path / "app" / "releases" / ".tmp-R2").mkdir()
+    (tmp_path / "app" / "current").symlink_to("releases/R1")
+    owner = {"user": "a", "controller": "c", "pid": 1, "since": "s", "ref": "r", "token": "tk"}
+    script = host_state.lock_cmd(lay, owner) + "\n" + host_state.state_cmd(lay)
+    first = host_state.sections(subprocess.run(["bash", "-c", script], capture_output=True, text=True).stdout)
+    assert first["head"].strip() == "LOCK ACQUIRED"
+    state = host_state.parse_state(first, "x")
+    assert state.current == "R1" and state.releases == ("R1",)  # a build dir is no release
+    second = subprocess.run(["bash", "-c", script], capture_output=True, text=True).stdout
+    assert second.startswith("LOCK HELD") and '"token": "tk"' in second
+    assert subprocess.run(["bash", "-c", lock.release_cmd(lay, "other")], capture_output=True, text=True).stdout == "NOT_OURS\n"
+    assert subprocess.run(["bash", "-c", lock.release_cmd(lay, "tk")], capture_output=True, text=True).stdout == "RELEASED\n"
+
+
+def test_deploy_code_builds_in_a_temp_dir_and_renames():
     assert archive_spec("abc", "") == "abc" and archive_spec("abc", "examples/app") == "abc:examples/app"
     assert extract_cmd(L, "R1", "/tmp/u.tgz") == (
-        "mkdir -p '/srv/my app/releases/R1' && tar -xzf /tmp/u.tgz -C '/srv/my app/releases/R1' && rm -f /tmp/u.tgz"
+        "rm -rf '/srv/my app/releases/.tmp-R1' && mkdir -p '/srv/my app/releases/.tmp-R1' && "
+        "tar -xzf /tmp/u.tgz -C '/srv/my app/releases/.tmp-R1' && rm -f /tmp/u.tgz"
     )
+    assert publish_cmd(L, "R1") == "mv -T '/srv/my app/releases/.tmp-R1' '/srv/my app/releases/R1'"
+    assert remove_cmd(L, "R1").startswith(
+        "if [ \"$(readlink '/srv/my app/current')\" = releases/R1 ]; then echo KEPT; else rm -rf -- ")
     assert mirror_update_cmd(L, "git@host:team/app.git", "v1;rm") == (
         "if [ -d '/srv/my app/repo' ]; then git -C '/srv/my app/repo' remote update --prune >/dev/null; "
         "else git clone --quiet --mirror git@host:team/app.git '/srv/my app/repo'; fi && "
         "git -C '/srv/my app/repo' rev-parse --verify 'v1;rm^{commit}'"
     )
-    assert mirror_extract_cmd(L, "R1", "abc", "sub") == (
-        "mkdir -p '/srv/my app/releases/R1' && git -C '/srv/my app/repo' archive abc:sub | tar -x -C '/srv/my app/releases/R1'"
-    )
-    assert link_shared_cmd(L, "R1", "abc", (".env",), ("logs",)) == (
-        "printf '%s\\n' abc > '/srv/my app/releases/R1/REVISION' && "
-        "mkdir -p '/srv/my app/shared/logs' && rm -rf '/srv/my app/releases/R1/logs' && "
-        "mkdir -p \"$(dirname '/srv/my app/releases/R1/logs')\" && ln -s '/srv/my app/shared/logs' '/srv/my app/releases/R1/logs'"
-        " && mkdir -p \"$(dirname '/srv/my app/shared/.env')\" && { [ -e '/srv/my app/shared/.env' ] || "
-        "(umask 077 && : > '/srv/my app/shared/.env'); } && rm -rf '/srv/my app/releases/R1/.env' && "
-        "mkdir -p \"$(dirname '/srv/my app/releases/R1/.env')\" && ln -s '/srv/my app/shared/.env' '/srv/my app/releases/R1/.env'"
-    )
+    assert mirror_extract_cmd(L, "R1", "abc", "sub").endswith(
+        "git -C '/srv/my app/repo' archive abc:sub | tar -x -C '/srv/my app/releases/.tmp-R1'")
+    linked = link_shared_cmd(L, "R1", "abc", (".env",), ("logs",))
+    assert linked.startswith("printf '%s\\n' abc > '/srv/my app/releases/.tmp-R1/REVISION' && ")
+    assert "ln -s '/srv/my app/shared/logs' '/srv/my app/releases/.tmp-R1/logs'" in linked
 
 
-def test_pip_sync_script_and_parse():
+def test_pip_sync_builds_under_its_own_name_and_links_when_complete():
     script = sync_script(L, "R1", "python3", "/srv/wheels")
-    assert script.startswith(
-        "h=$({ cat '/srv/my app/releases/R1/requirements.txt' 2>/dev/null; python3 -c 'import sys; print(sys.version)'; "
-        "echo /srv/wheels; } | sha256sum | cut -c1-16) && v='/srv/my app/venvs'/$h && "
-    )
     assert "--no-index --find-links /srv/wheels -r '/srv/my app/releases/R1/requirements.txt'" in script
+    assert 'b=$v.build-R1' in script and 'mv -T "$v.tmp" "$v"' in script
     assert script.endswith("ln -sfn \"$v\" '/srv/my app/releases/R1/.venv'")
     assert "--no-index" not in sync_script(L, "R1", "python3", "")
     assert parse_sync("REUSED 0123456789abcdef\n") == ("0123456789abcdef", False)
     assert parse_sync("noise\nBUILT fedcba9876543210\n") == ("fedcba9876543210", True)
+
+
+def test_interrupted_venv_build_is_never_reused(tmp_path):
+    """A build cut short (no `venvs/<hash>` link) is rebuilt; the cleanup removes only unlinked builds."""
+    lay = Layout(str(tmp_path))
+    venvs = tmp_path / "venvs"
+    (venvs / "aaaa.build-R1" / "bin").mkdir(parents=True)  # interrupted: no link
+    (venvs / "bbbb.build-R1" / "bin").mkdir(parents=True)
+    (venvs / "bbbb").symlink_to("bbbb.build-R1")  # complete
+    subprocess.run(["bash", "-c", cleanup_cmd(lay, "R1")], check=True)
+    assert sorted(p.name for p in venvs.iterdir()) == ["bbbb", "bbbb.build-R1"]
 
 
 def test_gunicorn_argv_runs_through_current():
@@ -96,8 +140,21 @@ def test_gunicorn_argv_runs_through_current():
         "--chdir", "/srv/my app/current", "--bind", "127.0.0.1:9000", "--workers", "3", "--timeout", "30",
         "--pid", "/srv/my app/shared/gunicorn.pid", "--error-logfile", "/srv/my app/shared/gunicorn.log",
         "--control-socket", "/srv/my app/shared/gunicorn.ctl", "app:app",
-    ]
+    ]  # pidfile: no --reuse-port (a USR2 re-exec of a --reuse-port master fails in gunicorn 27)
     assert "--control-socket" not in gunicorn_argv(app(control_socket=False), L)
+    for manager in ("supervisor", "systemd"):
+        argv = gunicorn_argv(app(manager), L)
+        assert argv[argv.index("--error-logfile") + 2] == "--reuse-port"
+
+
+def test_handover_argv_runs_the_release_itself_next_to_the_managed_master():
+    assert handover_argv(app("supervisor", bind="127.0.0.1:9000"), L, "R1") == [
+        "/srv/my app/releases/R1/.venv/bin/python", "/srv/my app/releases/R1/.venv/bin/gunicorn",
+        "--chdir", "/srv/my app/releases/R1", "--bind", "127.0.0.1:9000", "--workers", "2", "--timeout", "30",
+        "--pid", "/srv/my app/shared/gunicorn-handover.pid", "--error-logfile", "/srv/my app/shared/gunicorn.log",
+        "--reuse-port", "--no-control-socket", "app:app", "--daemon",
+    ]
+    assert "--no-control-socket" not in handover_argv(app("systemd", control_socket=False), L, "R1")
 
 
 def test_manager_commands_systemd_supervisor():
@@ -117,12 +174,13 @@ def test_manager_commands_systemd_supervisor():
     assert pid["pid"] == "cat '/srv/my app/shared/gunicorn.pid'"
     assert pid["start"].startswith("cd '/srv/my app/current' && '/srv/my app/current/.venv/bin/python' ")
     assert pid["start"].endswith("app:app --daemon </dev/null >/dev/null 2>&1")
+    assert pid["restart"] == 'kill -TERM "$pid"; wait_gone "$pid"; ' + pid["start"]
 
 
 NEW_MASTER = {
     "pidfile": 'kill -USR2 "$pid" && old=$pid || exit 1; echo ACTION upgrade',
-    "supervisor": "supervisorctl restart web >/dev/null || exit 1; echo ACTION restart",
-    "systemd": "systemctl restart web || exit 1; echo ACTION restart",
+    "supervisor": "{ handover; supervisorctl restart web >/dev/null; } || exit 1; echo ACTION restart",
+    "systemd": "{ handover; systemctl restart web; } || exit 1; echo ACTION restart",
 }
 
 
@@ -135,35 +193,117 @@ def test_restart_script_is_valid_shell_and_picks_new_master_by_manager(manager):
     assert "elif [ 0 = 1 ]" in script and "elif [ 1 = 1 ]" in restart_script(app(manager), L, "R1", full=True)
 
 
-def test_pip_and_state_scripts_are_valid_shell():
-    for script in (sync_script(L, "R1", "python3", ""), prune.prune_cmd(L, ["R0"]), state_cmd(L)):
-        assert subprocess.run(["sh", "-n", "-c", script]).returncode == 0
+@pytest.mark.parametrize("manager", ["supervisor", "systemd"])
+def test_restart_script_hands_over_under_supervisor_and_systemd(manager):
+    script = restart_script(app(manager), L, "R1")
+    assert "hpid='/srv/my app/shared/gunicorn-handover.pid'" in script
+    assert f"(cd '/srv/my app/releases/R1' && {shlex.join(handover_argv(app(manager), L, 'R1'))} </dev/null" in script
+    assert "grep -qx -- --reuse-port" in script and "/proc/$pid/cmdline" in script  # else: plain restart + WARN
+    assert 'echo "HANDOVER $hp $n"' in script and "cat /proc/sys/net/ipv4/tcp_migrate_req" in script
+    assert script.endswith("\nstop_handover || :")  # once the managed master serves: also a leftover's
+    assert "handover" not in restart_script(app("pidfile"), L, "R1")
 
 
-def test_host_state_and_previous():
-    state = parse_state("releases/R3\n---\nR1\nR3\nR2\n")
-    assert state == HostState(current="R3", releases=("R1", "R2", "R3"))
-    assert state.previous_of("R3") == "R2" and state.previous_of("R1") == ""
-    assert parse_state("---\n") == HostState(current="", releases=())
+def test_restart_markers_and_warnings():
+    out = "WARN net.ipv4.tcp_migrate_req=0: ...\nHANDOVER 41 2\nACTION restart\nnoise\nSERVING 57 2\n"
+    assert parse_markers(out) == ({"HANDOVER": "41 2", "ACTION": "restart", "SERVING": "57 2"},
+                                  ["net.ipv4.tcp_migrate_req=0: ..."])
 
 
-def test_prune_keeps_newest_current_and_previous():
-    state = HostState(current="R2", releases=("R1", "R2", "R3", "R4", "R5", "R6"))
-    assert prune.releases_to_prune(state, keep=2) == ["R3", "R4"]  # R1 previous, R2 current, R5 R6 newest
-    assert prune.prune_cmd(L, ["R3"]).startswith("rm -rf -- '/srv/my app/releases/R3' && if [ -d '/srv/my app/venvs' ]")
-    assert prune.prune_cmd(L, []).startswith("if [ -d")
+def test_boot_check_script_passes_the_probe_and_every_value_as_quoted_arguments():
+    a = app("supervisor", app_module="wsgi:create_app()")
+    script = boot_check_script(a, L, "R1", "http://10.0.0.5/h?x=1&y=$(id)")
+    assert script.startswith("cd '/srv/my app/releases/R1' && exec timeout -k 2 40 ")
+    assert shlex.split(script)[8:] == ["/srv/my app/releases/R1/.venv/bin/python", "-c", PROBE, "wsgi:create_app()",
+                                       "http://10.0.0.5/h?x=1&y=$(id)", "30", "5"]
+    assert subprocess.run(["sh", "-n", "-c", script]).returncode == 0
 
 
-def test_rollback_target():
-    state = HostState(current="R3", releases=("R1", "R2", "R3", "R4"))
-    assert rollback_target(state, None, "h") == "R2"
-    assert rollback_target(state, "R4", "h") == "R4"
-    with pytest.raises(Exception, match="unknown release 'R9'; valid ids: R1, R2, R4"):
-        rollback_target(state, "R9", "h")
+def test_boot_probe_answers_are_parsed_from_the_last_marker_line():
+    ok = 'app noise\nBOOT_RESULT {"status": 200, "body": "{}", "seconds": 0.25}\n'
+    assert parse_probe(ok) == ("BOOT_RESULT", {"status": 200, "body": "{}", "seconds": 0.25})
+    err = 'BOOT_ERROR {"phase": "import", "error": "ModuleNotFoundError: No module named \'x\'", "trace": []}'
+    assert parse_probe(err)[1]["error"] == "ModuleNotFoundError: No module named 'x'"
+    assert parse_probe("Killed\n") is None and parse_probe("BOOT_RESULT {cut") is None
+
+
+def test_boot_probe_environ_is_a_complete_get_of_the_health_url():
+    env = boot_probe._environ("https://web.example:8443/api/h%C3%A9alth?full=1")
+    assert (env["REQUEST_METHOD"], env["PATH_INFO"], env["QUERY_STRING"]) == ("GET", "/api/h\xc3\xa9alth", "full=1")
+    assert (env["HTTP_HOST"], env["SERVER_NAME"], env["SERVER_PORT"], env["wsgi.url_scheme"]) == (
+        "web.example:8443", "web.example", "8443", "https")
+    assert env["wsgi.input"].read() == b"" and env["wsgi.errors"] is not None
+
+
+def test_scripts_are_valid_shell():
+    scripts = (sync_script(L, "R1", "python3", ""), prune.prune_cmd(L, ["R0"], ["R0.dump"]), host_state.state_cmd(L),
+               cleanup_cmd(L, "R1"), switch_back_cmd(L, "R2", "R1"), remove_cmd(L, "R1"))
+    for script in scripts:
+        assert subprocess.run(["bash", "-n", "-c", script]).returncode == 0
+
+
+def _events(*pairs):
+    return tuple({"release": r, "event": "deploy", "status": s} for r, s in pairs)
+
+
+def test_rollback_goes_to_the_release_that_served_before_current_per_the_log():
+    """deploy A, deploy B, rollback, deploy C, rollback -> A (B was rolled back), whatever the directories say."""
+    events = _events(("A", "success"), ("B", "success")) + (
+        {"release": "B", "event": "rollback", "status": "rolled_back", "rolled_back_to": "A"},
+        {"release": "A", "event": "rollback_to", "status": "success"},
+    ) + _events(("C", "success"))
+    state = HostState(current="C", releases=("A", "B", "C"), events=events)
+    assert release_log.rollback_target(state, None, "h") == "A"
+    assert release_log.served(events) == ["A", "B", "A", "C"]
+
+
+def test_rollback_skips_failed_and_incomplete_releases():
+    events = _events(("A", "success"), ("B", "failed"))
+    # X: a directory left by a killed deploy (never logged) that became current
+    state = HostState(current="X", releases=("A", "B", "X"), events=events)
+    assert release_log.rollback_target(state, None, "h") == "A"
+    with pytest.raises(Exception, match="B failed to deploy"):
+        release_log.rollback_target(HostState(current="A", releases=("A", "B"), events=events), "B", "h")
+    with pytest.raises(Exception, match="never finished deploying"):
+        release_log.rollback_target(HostState(current="A", releases=("A", "X"), events=events), "X", "h")
+    with pytest.raises(Exception, match="unknown release 'R9'; valid ids: A"):
+        release_log.rollback_target(state, "R9", "h")
     with pytest.raises(Exception, match="already the current"):
-        rollback_target(state, "R3", "h")
-    with pytest.raises(Exception, match="no release older"):
-        rollback_target(HostState(current="R1", releases=("R1",)), None, "h")
+        release_log.rollback_target(state, "X", "h")
+    with pytest.raises(Exception, match="no earlier release"):
+        release_log.rollback_target(HostState(current="A", releases=("A",), events=events), None, "h")
+
+
+def test_prune_removes_failed_and_incomplete_first_never_the_rollback_target():
+    events = _events(("R1", "success"), ("R2", "success"), ("R3", "failed"), ("R5", "success"), ("R6", "success"))
+    state = HostState(current="R6", releases=("R1", "R2", "R3", "R4", "R5", "R6"), events=events)
+    assert release_log.releases_to_prune(state, keep=2) == ["R1", "R2", "R3", "R4"]
+    # rolled back from R6 to R2: R2 is current, R1 served before it and stays
+    back = events + ({"release": "R6", "status": "rolled_back", "rolled_back_to": "R2"},
+                     {"release": "R2", "event": "rollback_to", "status": "success"})
+    state = HostState(current="R2", releases=("R1", "R2", "R3", "R4", "R5", "R6"), events=back)
+    assert release_log.previous_served(state) == "R5"
+    assert release_log.releases_to_prune(state, keep=2) == ["R1", "R3", "R4"]
+
+
+def test_snapshots_are_kept_for_kept_releases():
+    state = HostState(snapshots=("R1.dump", "R1.dump.ok", "R2.dump", "R2.dump.ok", "M1.dump", "M2.dump", "R4.dump"))
+    assert release_log.snapshots_to_prune(state, ["R2", "R4"], ".dump", keep=1) == ["M1", "M2"]
+
+
+def test_prune_script_removes_unused_venvs_and_builds(tmp_path):
+    lay = Layout(str(tmp_path))
+    rel, venvs = tmp_path / "releases", tmp_path / "venvs"
+    for name in ("R1", "R2", ".tmp-R3"):
+        (rel / name).mkdir(parents=True)
+    for h in ("used", "old"):
+        (venvs / f"{h}.build-X").mkdir(parents=True)
+        (venvs / h).symlink_to(f"{h}.build-X")
+    (venvs / "dead.build-Y").mkdir()
+    (rel / "R2" / ".venv").symlink_to(venvs / "used")
+    subprocess.run(["bash", "-c", prune.prune_cmd(lay, ["R1"], [])], check=True)
+    assert sorted(p.name for p in rel.iterdir()) == ["R2"]
+    assert sorted(p.name for p in venvs.iterdir()) == ["used", "used.build-X"]
 
 
 def test_release_ids_are_timestamps_and_strictly_increase():
@@ -180,8 +320,8 @@ def test_release_log_append_and_fold():
     )
     text = '{"release":"R2","status":"success","ref":"v2"}\nnot json\n{"release":"R1","status":"success"}\n' \
            '{"release":"R2","status":"rolled_back"}\n'
-    assert release_log.fold(text) == [{"release": "R1", "status": "success"},
-                                      {"release": "R2", "status": "rolled_back", "ref": "v2"}]
+    assert release_log.fold(host_state.parse_events(text)) == {
+        "R1": {"release": "R1", "status": "success"}, "R2": {"release": "R2", "status": "rolled_back", "ref": "v2"}}
 
 
 def test_health_evaluate_and_curl():

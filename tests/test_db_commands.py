@@ -1,6 +1,7 @@
 """The database half without a database: exact command strings, parsing, the checks'
 judgements, which snapshot a rollback restores, and hosts.toml validation."""
 
+import json
 import shlex
 from pathlib import Path
 
@@ -18,13 +19,14 @@ from fabfile.db import (
     secret_stdin,
 )
 from fabfile.dbflow import rollback_snapshot, snapshot_id
-from fabfile.errors import InventoryError, UsageError
+from fabfile.errors import InventoryError, ShipfabError, UsageError
 from fabfile.inventory import DbChecks, parse_inventory
 from fabfile.layout import Layout
 from fabfile.steps import backup_db as b
 from fabfile.steps import db_checks as c
 from fabfile.steps import migrate as m
 from fabfile.steps import restore_db as r
+from fabfile.steps import schema_fingerprint as f
 
 L = Layout("/srv/my app")
 PG = DbConn("postgresql", name="app db", user="ann", host="db.internal", port=5433, password="pw",
@@ -126,6 +128,7 @@ def test_postgresql_backup_script():
         "umask 077 && mkdir -p '/srv/my app/backups' || exit 1\n"
         "f='/srv/my app/backups/R1.dump'\n"
         'rm -f "$f" "$f.ok" "$f.partial" "$f.err"\n'
+        "t=$(date +%s.%N)\n"
         f'{BIN}/pg_dump --format=custom --file="$f.partial" 2>"$f.err"; rc=$?\n'
         'if [ $rc -ne 0 ] || [ -s "$f.err" ]; then cat "$f.err" >&2; rm -f "$f.partial" "$f.err"; '
         'echo "pg_dump exited $rc (output on stderr counts as a failure): snapshot discarded" >&2; exit 1; fi\n'
@@ -133,7 +136,7 @@ def test_postgresql_backup_script():
         '[ -s "$f.partial" ] || { rm -f "$f.partial"; echo "the snapshot is empty: discarded" >&2; exit 1; }\n'
         f'{BIN}/pg_restore --list "$f.partial" >/dev/null || '
         '{ rm -f "$f.partial"; echo "the snapshot does not read back: discarded" >&2; exit 1; }\n'
-        'mv "$f.partial" "$f" && cksum < "$f" > "$f.ok" && echo "SNAPSHOT $(cat "$f.ok")"'
+        'mv "$f.partial" "$f" && touch -d "@$t" "$f" && cksum < "$f" > "$f.ok" && echo "SNAPSHOT $(cat "$f.ok") $t"'
     )
 
 
@@ -146,18 +149,20 @@ def test_sqlite_backup_script_uses_the_online_backup_api():
         "f='/srv/my app/backups/R1.sqlite3'\n"
         'rm -f "$f" "$f.ok" "$f.partial" "$f.err"\n'
         "if [ ! -f '/srv/my app/shared/data/app.db' ]; then echo NODB; exit 0; fi\n"
+        "t=$(date +%s.%N)\n"
         f"/opt/py/bin/python3 -c {copy} '/srv/my app/shared/data/app.db' \"$f.partial\" || "
         '{ rm -f "$f.partial"; exit 1; }\n'
         '[ -s "$f.partial" ] || { rm -f "$f.partial"; echo "the snapshot is empty: discarded" >&2; exit 1; }\n'
         f'{check} || {{ rm -f "$f.partial"; echo "the snapshot does not read back: discarded" >&2; exit 1; }}\n'
-        'mv "$f.partial" "$f" && cksum < "$f" > "$f.ok" && echo "SNAPSHOT $(cat "$f.ok")"'
+        'mv "$f.partial" "$f" && touch -d "@$t" "$f" && cksum < "$f" > "$f.ok" && echo "SNAPSHOT $(cat "$f.ok") $t"'
     )
     assert "backup(dst)" in b.SQLITE_COPY and "integrity_check" in b.SQLITE_CHECK
 
 
 def test_backup_output_listing_and_retention():
-    snap = b.parse_backup("noise\nSNAPSHOT 3141592653 2048\n", "R1", "/b/R1.dump")
-    assert snap == b.Snapshot("R1", "/b/R1.dump", 2048, "3141592653") and snap.describe() == "R1.dump, 2.0 KB, verified"
+    snap = b.parse_backup("noise\nSNAPSHOT 3141592653 2048 1795515300.250000000\n", "R1", "/b/R1.dump")
+    assert snap == b.Snapshot("R1", "/b/R1.dump", 2048, "3141592653", 1795515300.25)
+    assert snap.describe() == "R1.dump, 2.0 KB, verified"
     assert b.parse_backup("", "R1", "/b/R1.dump") is None
     assert b.Snapshot("R1", "/b/R1.dump", 0, "").describe() == "R1.dump (dry-run)"
     assert [b.human_size(n) for n in (512, 2048, 5 * 1024**2, 3 * 1024**3)] == ["512 B", "2.0 KB", "5.0 MB", "3.0 GB"]
@@ -165,8 +170,6 @@ def test_backup_output_listing_and_retention():
     listing = "R2.dump\nR1.dump\nR1.dump.ok\nR3.dump.partial\nR2.sqlite3\n"
     assert b.parse_list(listing, "postgresql") == {"R1": True, "R2": False}
     assert b.parse_list(listing, "sqlite") == {"R2": False}
-    assert b.snapshots_to_prune(["R1", "R2", "R3", "R4", "R5"], 2, "R2") == ["R1", "R3"]
-    assert b.snapshots_to_prune(["R1"], 1, "") == []
     assert b.prune_cmd(L, ["R1"], "postgresql") == (
         "cd '/srv/my app/backups' 2>/dev/null || exit 0; "
         "rm -f -- '/srv/my app/backups/R1.dump' '/srv/my app/backups/R1.dump.ok' *.partial *.err *.toc")
@@ -184,16 +187,17 @@ def test_snapshot_check_script_and_refusals():
         'want=$(cat "$f.ok"); got=$(cksum < "$f")\n'
         'if [ "$got" != "$want" ]; then echo "CORRUPT $want $got"; exit 0; fi\n'
     )
-    toc = f'toc=$({BIN}/pg_restore --list "$f" 2>/dev/null) || {{ echo UNREADABLE; exit 0; }}\necho OK'
+    ok = 'echo "OK $(stat -c %Y "$f") $(date +%s)"'
+    toc = f'toc=$({BIN}/pg_restore --list "$f" 2>/dev/null) || {{ echo UNREADABLE; exit 0; }}\n{ok}'
     assert r.check_script(PG, "python3", "/b/R1.dump") == ENV + head + toc
     assert r.check_script(PG, "python3", "/b/R1.dump", inventory=True) == ENV + head + toc + (
         "\nprintf '%s\\n' \"$toc\"\necho ---\n"
         f"{BIN}/psql -X -A -t -q -v ON_ERROR_STOP=1 -c {shlex.quote(r.RELATIONS_SQL)}"
     )
     assert r.check_script(SQ, "python3", "/b/R1.sqlite3") == head.replace("R1.dump", "R1.sqlite3") + (
-        f"python3 -c {shlex.quote(b.SQLITE_CHECK)} \"$f\" 2>/dev/null || {{ echo UNREADABLE; exit 0; }}\necho OK")
+        f"python3 -c {shlex.quote(b.SQLITE_CHECK)} \"$f\" 2>/dev/null || {{ echo UNREADABLE; exit 0; }}\n{ok}")
     p = "/b/R1.dump"
-    assert r.refusal("OK", "web1", p, []) is None
+    assert r.refusal("OK 1795515300 1795515312", "web1", p, []) is None
     assert r.refusal("MISSING", "web1", p, ["R0", "R2"]) == "web1: snapshot /b/R1.dump does not exist; snapshots here: R0, R2"
     assert r.refusal("UNVERIFIED", "web1", p, []) == (
         "web1: snapshot /b/R1.dump was never verified (no /b/R1.dump.ok: its backup did not finish); refusing to restore it")
@@ -220,14 +224,22 @@ def test_postgresql_restore_drops_what_the_snapshot_lacks_then_restores_in_one_t
         'DROP TABLE IF EXISTS "public"."audit" CASCADE; DROP TABLE IF EXISTS "odd"."we""ird" CASCADE;')
     assert r.pg_restore_script(PG, "/b/R1.dump", 'DROP TABLE IF EXISTS "public"."audit" CASCADE;') == ENV + (
         "f=/b/R1.dump\n"
-        f"{BIN}/psql -X -q -v ON_ERROR_STOP=1 -c 'DROP TABLE IF EXISTS \"public\".\"audit\" CASCADE;' || exit 1\n"
         f"{BIN}/pg_restore --list \"$f\" | grep -v -E '^[0-9]+; [0-9]+ [0-9]+ (EXTENSION|COMMENT - EXTENSION) ' "
         "> \"$f.toc\" || exit 1\n"
-        f"{BIN}/pg_restore --clean --if-exists --no-owner --single-transaction --use-list=\"$f.toc\" "
-        "--dbname=\"$PGDATABASE\" \"$f\"; rc=$?\n"
+        "{ printf '%s\\n' 'DROP TABLE IF EXISTS \"public\".\"audit\" CASCADE;'; "
+        f"{BIN}/pg_restore --clean --if-exists --no-owner --use-list=\"$f.toc\" --file=- \"$f\" "
+        f"|| echo {shlex.quote(r.ABORT_SQL)}; }} | {BIN}/psql -X -q --single-transaction -v ON_ERROR_STOP=1 >/dev/null; "
+        "rc=$?\n"
         "rm -f \"$f.toc\"; exit $rc"
     )
-    assert "psql" not in r.pg_restore_script(PG, "/b/R1.dump", "")
+    assert "printf" not in r.pg_restore_script(PG, "/b/R1.dump", "")
+
+
+def test_every_restore_says_since_when_writes_are_lost():
+    assert [r.age(s) for s in (0.4, 89, 90, 3000, 7200, 3 * 86400)] == ["0 s", "89 s", "2 min", "50 min", "2.0 h",
+                                                                          "3.0 days"]
+    assert r.lost_writes(1795515300, 1795515312.5) == "writes made since 2026-11-24 10:15:00 UTC (12 s ago) are lost"
+    assert r.Checked("/b/R1.dump", 1795515300, 1795515420).lost_writes().endswith("(2 min ago) are lost")
 
 
 def test_sqlite_restore_copies_the_snapshot_over_the_live_file():
@@ -241,14 +253,65 @@ def test_sqlite_restore_copies_the_snapshot_over_the_live_file():
 
 @pytest.mark.parametrize("command", ["flask db upgrade", "alembic upgrade head", "python manage.py migrate",
                                      "npx prisma migrate deploy"])
-def test_migrate_runs_in_the_release_with_its_venv_and_the_shared_env(command):
-    assert m.migrate_script(PG, L, "R1", command) == ENV + (
-        "cd '/srv/my app/releases/R1' || exit 1\n"
-        "if [ -f '/srv/my app/shared/.env' ]; then set -a && . '/srv/my app/shared/.env' && set +a || exit 1; fi\n"
-        "export VIRTUAL_ENV='/srv/my app/releases/R1/.venv' PATH='/srv/my app/releases/R1/.venv/bin':\"$PATH\"\n"
-        f"{{\n{command}\n}} 2>&1"
-    )
+def test_migrate_execs_the_command_through_a_launcher_with_the_environment_on_stdin(command):
+    assert m.migrate_cmd("/usr/bin/python3", L, "R1", command) == (
+        f"/usr/bin/python3 -c {shlex.quote(m.LAUNCHER)} '/srv/my app/releases/R1' {shlex.quote(command)}")
+    line = m.launcher_stdin(PG, {"SECRET_KEY": "s3cr3t $(id)", "PGHOST": "from-dotenv"})
+    assert line.endswith("\n") and "\n" not in line[:-1]  # one line: the launcher reads exactly that
+    assert json.loads(line) == {"env": {"PGHOST": "from-dotenv", "PGPORT": "5433", "PGUSER": "ann",
+                                        "PGDATABASE": "app db", "PGPASSWORD": "pw", "SECRET_KEY": "s3cr3t $(id)"}}
+    assert "pw" not in m.migrate_cmd("python3", L, "R1", command) and m.pg_env(SQ) == {}
+    assert "os.execvp(\"bash\", [\"bash\", \"-c\", sys.argv[2]])" in m.LAUNCHER
+
+
+def test_a_failed_migration_names_its_first_error_line():
+    chained = ("INFO  [alembic.runtime.migration] Running upgrade 0002 -> 0003, audit\n"
+               "Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n"
+               "psycopg2.errors.UndefinedTable: relation \"nope\" does not exist\n\n"
+               "The above exception was the direct cause of the following exception:\n\n"
+               "sqlalchemy.exc.ProgrammingError: (psycopg2.errors.UndefinedTable) relation \"nope\" does not exist\n")
+    assert m.first_error(chained) == 'psycopg2.errors.UndefinedTable: relation "nope" does not exist'
+    assert m.first_error("Traceback (most recent call last):\nModuleNotFoundError: No module named 'flask_migrate'\n") \
+        == "ModuleNotFoundError: No module named 'flask_migrate'"
+    assert m.first_error("Usage: flask [OPTIONS]\nError: No such command 'db'.\n") == "Error: No such command 'db'."
+    assert m.first_error("ERROR [alembic.util.messaging] Can't locate revision identified by 'ff'\n").startswith("ERROR")
+    assert m.first_error("all fine\nbash: line 1: alembic: command not found\n") == ""
     assert m.output_tail("\n".join(str(i) for i in range(30)), 3) == "27\n28\n29"
+
+
+def test_migration_output_is_handed_on_line_by_line_as_it_comes():
+    lines: list[str] = []
+    stream = m.LineStream(lines.append)
+    stream.write("Running upgrade 0001")
+    assert lines == []
+    stream.write(" -> 0002\nRunning upgrade 0002 -> 0003\npartial")
+    assert lines == ["Running upgrade 0001 -> 0002", "Running upgrade 0002 -> 0003"]
+    stream.flush()  # invoke flushes after every chunk: a partial line still waits
+    assert lines[-1] == "Running upgrade 0002 -> 0003"
+    stream.close()
+    assert lines[-1] == "partial" and stream.pending == ""
+
+
+# ---------------------------------------------------------------- schema fingerprint
+
+
+def test_schema_fingerprint_is_one_read_only_query():
+    script = f.fingerprint_script(PG, "python3")
+    assert script == ENV + (
+        "now=$(date +%s.%N)\n"
+        f"fp=$({BIN}/psql -X -A -t -q -v ON_ERROR_STOP=1 -c {shlex.quote(f.PG_SQL)}) || exit 1\n"
+        'echo "FINGERPRINT $now $fp"')
+    assert f.fingerprint_script(SQ, "python3") == (
+        "now=$(date +%s.%N)\n"
+        f"fp=$(python3 -c {shlex.quote(f.SQLITE_SCRIPT)} '/srv/my app/shared/data/app.db') || exit 1\n"
+        'echo "FINGERPRINT $now $fp"')
+    for word in ("pg_attribute", "pg_get_indexdef", "pg_get_constraintdef", "alembic_version"):
+        assert word in f.PG_SQL
+    found = f.parse_fingerprint("noise\nFINGERPRINT 1795515300.5 0123abcd|0001,0002\n")
+    assert found == f.Fingerprint("0123abcd", "0001,0002", 1795515300.5) and found.describe() == "alembic 0001,0002"
+    assert f.parse_fingerprint("FINGERPRINT 1.0 ab|-").describe() == "no alembic_version"
+    assert f.parse_fingerprint("FINGERPRINT 1.0 ab|").describe() == "alembic_version empty"
+    assert f.parse_fingerprint("psql: error: connection refused") is None
 
 
 # ---------------------------------------------------------------- checks
@@ -294,13 +357,15 @@ def test_checks_say_what_was_expected_and_what_was_found():
         "expected type integer, found no such column (items has: id, price)")
 
 
-def test_pending_migrations_from_alembic_history():
-    out = ("0002 -> 0003 (head), add audit\n0001 -> 0002, add price\n<base> -> 0001, items\n")
-    history = c.parse_history(out)
+def test_pending_migrations_from_the_release_revision_graph():
+    history = c.parse_history('{"known": ["0003", "0001", "0002"], "heads": ["0003"]}\n')
     assert history == (["0001", "0002", "0003"], ["0003"])
-    assert c.parse_history("0003, 0004 -> 0005 (head) (mergepoint), merge\n") == (["0005"], ["0005"])
+    with pytest.raises(ShipfabError, match="^FileNotFoundError: no alembic.ini in the release$"):
+        c.parse_history('{"error": "FileNotFoundError: no alembic.ini in the release"}')
     assert c.history_cmd(L, "R1", "migrations/alembic.ini") == (
-        "cd '/srv/my app/releases/R1' && '/srv/my app/releases/R1/.venv/bin/alembic' -c migrations/alembic.ini history 2>&1")
+        f"cd '/srv/my app/releases/R1' && '/srv/my app/releases/R1/.venv/bin/python' -c {shlex.quote(c.HISTORY_SCRIPT)} "
+        "migrations/alembic.ini 2>&1")
+    assert "ScriptDirectory" in c.HISTORY_SCRIPT and "env.py" not in c.HISTORY_SCRIPT
 
     def judge(at):
         check = c.alembic_check(at, history, "R1", "web1")
@@ -337,3 +402,13 @@ def test_rollback_restores_the_snapshot_taken_while_the_target_served():
     assert rollback_snapshot(records, "R5", "R4") is None  # R5 took none
     assert snapshot_id("/srv/app/backups/20261123T101500Z.dump") == "20261123T101500Z"
     assert snapshot_id("backups/20261123T101500Z.sqlite3") == "20261123T101500Z"
+
+
+def test_the_cli_does_not_import_the_postgresql_driver_until_a_check_runs():
+    import subprocess
+    import sys
+
+    code = "import sys, fabfile, fabfile.db_tasks, fabfile.steps.db_checks; print('psycopg2' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout
+    assert out.strip() == "False"

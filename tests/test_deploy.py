@@ -4,7 +4,6 @@ gunicorn behind real nginx, with faults."""
 from __future__ import annotations
 
 import os
-import signal
 import time
 from pathlib import Path
 
@@ -41,7 +40,7 @@ def test_deploy_redeploy_rollback_with_zero_failed_requests(world):
     assert len(revision) == 40 and host.health()["revision"] == revision
     entry = [e for e in host.log() if e["release"] == second][-1]
     assert entry["status"] == "success" and entry["revision"] == revision and entry["previous"] == first
-    assert set(entry["timings"]) >= {"lock", "deploy_code", "pip_sync", "switch_release", "restart", "health_check"}
+    assert set(entry["timings"]) >= {"lock", "deploy_code", "pip_sync", "switch_release", "restart_gunicorn", "health_check"}
     assert (host.deploy_to / "shared" / ".env").stat().st_mode & 0o777 == 0o600
     assert os.readlink(host.deploy_to / "releases" / second / ".env") == str(host.deploy_to / "shared" / ".env")
 
@@ -60,7 +59,8 @@ def test_deploy_redeploy_rollback_with_zero_failed_requests(world):
     assert not host.lock_held()
 
 
-def test_unhealthy_release_is_rolled_back_automatically(world):
+def test_unhealthy_release_never_goes_live(world):
+    """The boot check answers /health in process before anything serves the release: a 500 stops the deploy there."""
     host = world.add_host("web1", manager="supervisor", nginx=True)
     ok(world.fab("-H", "web1", "deploy", "--ref", "v1"))
     good = host.current()
@@ -69,22 +69,22 @@ def test_unhealthy_release_is_rolled_back_automatically(world):
     res = world.fab("-H", "web1", "deploy", "--ref", "broken")
     result = load.stop()
     assert res.returncode == 1, res.stdout + res.stderr
-    assert "status 500 (expected 200)" in res.stdout and "broken" in res.stdout  # last status + body excerpt
-    assert "rolled_back" in res.stdout and f"{good} is serving again" in res.stdout
+    assert "boot_check      FAILED" in res.stdout and "500" in res.stdout and "broken" in res.stdout
+    assert "rolled_back" in res.stdout and "nothing went live" in res.stdout
     assert host.current() == good and host.health()["version"] == "v1"
     assert host.releases() == [good]  # the failed release directory is gone
-    assert host.log()[-1]["status"] == "failed" and "unhealthy" in host.log()[-1]["reason"]
+    assert host.log()[-1]["status"] == "failed" and "500" in host.log()[-1]["reason"]
     assert not host.lock_held()
-    # "/" kept answering from some release during the whole attempt
-    assert result.total > 0 and all("Connection refused" not in f for f in result.failures)
+    assert result.total > 0 and result.failed == 0, result.failures
 
 
-def test_first_release_failing_needs_manual_action(world):
+def test_first_release_failing_its_boot_check_leaves_nothing(world):
     host = world.add_host("web1", manager="pidfile")
     res = world.fab("-H", "web1", "deploy", "--ref", "broken")
-    assert res.returncode == 2, res.stdout + res.stderr
-    assert "first release on the host" in res.stdout
-    assert not host.lock_held()
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "nothing went live" in res.stdout
+    assert host.current() == "" and host.releases() == [] and not host.lock_held()
+    assert ok(world.fab("-H", "web1", "deploy", "--ref", "v1"))
 
 
 def test_pidfile_manager_upgrades_master_when_requirements_change(world):
@@ -100,7 +100,7 @@ def test_pidfile_manager_upgrades_master_when_requirements_change(world):
     assert pid_after != pid_before and host.health()["version"] == "v3"
     time.sleep(0.5)
     assert not Path(f"/proc/{pid_before}").exists() or "Z" in Path(f"/proc/{pid_before}/stat").read_text().split()[2]
-    assert len(list((host.deploy_to / "venvs").iterdir())) == 2
+    assert len([p for p in (host.deploy_to / "venvs").iterdir() if p.is_symlink()]) == 2  # venvs/<hash> -> its build
 
     # rolling back to v2 crosses venvs again: another USR2, and the old venv is still there
     out = ok(world.fab("-H", "web1", "rollback"))
@@ -134,54 +134,9 @@ def test_unknown_release_id_lists_valid_ones(world):
     ok(world.fab("-H", "web1", "deploy", "--ref", "v1"))
     res = world.fab("-H", "web1", "rollback", "--to", "20990101T000000Z")
     assert res.returncode == 64
-    assert "unknown release '20990101T000000Z'; valid ids: (none)" in res.stdout
+    assert "unknown release '20990101T000000Z'; valid ids: (none)" in res.stderr
     assert "Traceback" not in res.stdout + res.stderr
     assert not host.lock_held()
-
-
-def test_ssh_link_killed_during_pip_sync(world):
-    host = world.add_host("web1", manager="supervisor", nginx=True)
-    ok(world.fab("-H", "web1", "deploy", "--ref", "v2"))
-    good = host.current()
-
-    proc = world.popen_fab("-H", "web1", "deploy", "--ref", "v3")  # new requirements: pip really runs
-    killed = 0
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not killed:
-        if list((host.deploy_to / "venvs").glob("*/bin/pip")) and len(list((host.deploy_to / "venvs").iterdir())) > 1:
-            killed = host.sshd.kill_sessions()
-        time.sleep(0.05)
-    out = proc.communicate(timeout=120)[0]
-    assert killed, out
-    assert proc.returncode != 0, out
-    # the previous release still serves
-    assert host.current() == good and host.health()["version"] == "v2"
-    # lock state is clearly reported: released by the undo, or named with the command to clear it
-    assert (not host.lock_held()) or "fab -H web1 unlock" in out
-    assert "pip_sync        FAILED" in out
-
-    if host.lock_held():
-        ok(world.fab("-H", "web1", "unlock"))
-    out = ok(world.fab("-H", "web1", "deploy", "--ref", "v3"))  # a re-run succeeds (half-built venv rebuilt)
-    assert host.health()["version"] == "v3"
-
-
-def test_ctrl_c_mid_deploy_undoes_and_unlocks(world):
-    host = world.add_host("web1", manager="pidfile")
-    ok(world.fab("-H", "web1", "deploy", "--ref", "v2"))
-    good = host.current()
-    proc = world.popen_fab("-H", "web1", "deploy", "--ref", "v3")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(list((host.deploy_to / "venvs").iterdir())) < 2:
-        time.sleep(0.05)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
-    out = proc.communicate(timeout=120)[0]
-    assert proc.returncode != 0, out
-    assert "interrupted (Ctrl-C)" in out
-    assert host.current() == good and host.health()["version"] == "v2"
-    assert not host.lock_held()
-    assert host.log()[-1]["status"] == "failed"
 
 
 def test_group_deploys_every_host_under_one_release_id(world):
@@ -197,7 +152,7 @@ def test_group_deploys_every_host_under_one_release_id(world):
     # default target: `fab rollback` exactly as typed uses the inventory's default
     world.inventory.write_text('default = "prod"\n' + world.inventory.read_text())
     res = world.fab("rollback")
-    assert res.returncode == 64 and "no release older" in res.stdout  # only one release each: refused clearly
+    assert res.returncode == 64 and "no earlier release that served" in res.stderr  # only one release each: refused clearly
 
 
 def test_group_stops_at_first_failed_host(world):
@@ -206,7 +161,7 @@ def test_group_stops_at_first_failed_host(world):
     world.groups["prod"] = ["web1", "web2"]
     world.write()
     res = world.fab("-H", "prod", "deploy", "--ref", "broken")
-    assert res.returncode == 2  # web1 had no previous release: manual action
+    assert res.returncode == 1  # web1's boot check failed: nothing went live there
     assert "skipped" in res.stdout
     assert b.releases() == [] and not a.lock_held()
 
@@ -217,7 +172,7 @@ def test_dry_run_changes_nothing(world):
     ok(world.fab("-H", "web1", "deploy", "--ref", "v2"))
     before = snapshot(host.deploy_to)
     out = ok(world.fab("-H", "web1", "deploy", "--ref", "v3", "--dry-run"))
-    assert "would run: mkdir -p" in out and "would upload:" in out and "would run: ln -sfn releases/" in out
+    assert "would run: rm -rf" in out and "would upload:" in out and "would run: ln -sfn releases/" in out
     assert "supervisorctl -c" in out and "would check:" in out
     assert snapshot(host.deploy_to) == before
     out = ok(world.fab("-H", "web1", "rollback", "--dry-run"))
@@ -255,7 +210,7 @@ def test_prune_keeps_keep_releases_and_cleans_venvs(world):
     for ref in ("v1", "v2", "v3", "v1", "v2"):
         ok(world.fab("-H", "web1", "deploy", "--ref", ref))
     assert len(host.releases()) == 3  # keep_releases = 3
-    venvs = {p.name for p in (host.deploy_to / "venvs").iterdir()}
+    venvs = {p.name for p in (host.deploy_to / "venvs").iterdir() if p.is_symlink()}
     used = {os.readlink(host.deploy_to / "releases" / r / ".venv").rsplit("/", 1)[-1] for r in host.releases()}
     assert venvs == used
 
@@ -265,7 +220,7 @@ def test_standalone_steps_and_inv_health(world):
     ok(world.fab("-H", "web1", "deploy", "--ref", "v1"))
     out = ok(world.fab("-H", "web1", "deploy-code", "--ref", "v2"))
     new = host.releases()[-1]
-    assert "(not switched)" in out and host.current() != new
+    assert "(not switched, not logged)" in out and host.current() != new
     ok(world.fab("-H", "web1", "pip-sync"))
     ok(world.fab("-H", "web1", "switch-release", "--to", new))
     out = ok(world.fab("-H", "web1", "restart"))

@@ -1,26 +1,28 @@
-"""What a stack is: an ordered list of named steps plus how to make a release live."""
+"""What a stack is: named steps in phases, plus how a release proves it boots and how a
+release that is already `current` is made to serve (rollback and undo use both)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from ..flow import HostRun
+from ..context import HostRun
+
+PHASES = ("prepare", "migrate", "publish", "verify")
 
 
 @dataclass(frozen=True)
 class Step:
     name: str
     run: Callable[[HostRun], str | None]  # returns a short detail for the progress line
-    switches: bool = False  # after this step the host serves (or tries to serve) the new release
+    phase: str = "prepare"
 
 
 @dataclass(frozen=True)
 class Stack:
     name: str
-    deploy_steps: tuple[Step, ...]
-    # Make `release_id` (already `current`) serve: restart + wait + health. Used by
-    # rollback and by the undo of a failed deploy.
+    steps: tuple[Step, ...]
+    # Prove `release_id` imports and answers before any process serving users is touched.
+    boot_check: Callable[[HostRun, str], str | None]
+    # Make `release_id` (already `current`) serve: restart/reload + wait + health.
     activate: Callable[[HostRun, str], str | None]

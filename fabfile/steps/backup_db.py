@@ -7,6 +7,9 @@ Then, and only then, `<file>.ok` records its checksum and size (`cksum`: CRC-32,
 catches accidental corruption at memory speed; it is no signature against tampering);
 restore refuses a snapshot without it or whose checksum changed. A failed backup leaves
 nothing behind.
+
+The snapshot file's mtime is set to the moment just before the dump started (the host's
+clock): the writes made after it are the ones a restore loses, and every restore says so.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class Snapshot:
     path: str
     size: int
     checksum: str
+    taken_at: float = 0.0  # just before the dump started, the host's clock (epoch seconds)
 
     def describe(self) -> str:
         if not self.checksum:  # --dry-run: not taken
@@ -77,18 +81,21 @@ def verify_cmd(conn: DbConn, python: str, file: str) -> str:
 
 
 def backup_script(conn: DbConn, python: str, layout: Layout, snapshot_id: str) -> str:
-    """Dump to <file>.partial, verify it, then rename it and write <file>.ok; prints
-    `SNAPSHOT <crc> <size>`, or `NODB` when a SQLite file does not exist yet."""
+    """Dump to <file>.partial, verify it, then rename it (mtime: when the dump started) and
+    write <file>.ok; prints `SNAPSHOT <crc> <size> <started>`, or `NODB` when a SQLite file
+    does not exist yet."""
     path = snapshot_path(layout, snapshot_id, conn.engine)
     lines = [*env_lines(conn), f"umask 077 && mkdir -p {q(layout.backups)} || exit 1", f"f={q(path)}",
              'rm -f "$f" "$f.ok" "$f.partial" "$f.err"']
     if conn.engine == "sqlite":
         lines += [
             f"if [ ! -f {q(conn.path)} ]; then echo NODB; exit 0; fi",
+            "t=$(date +%s.%N)",
             f'{q(python)} -c {q(SQLITE_COPY)} {q(conn.path)} "$f.partial" || {{ rm -f "$f.partial"; exit 1; }}',
         ]
     else:
         lines += [
+            "t=$(date +%s.%N)",
             f'{conn.tool("pg_dump")} --format=custom --file="$f.partial" 2>"$f.err"; rc=$?',
             'if [ $rc -ne 0 ] || [ -s "$f.err" ]; then cat "$f.err" >&2; rm -f "$f.partial" "$f.err"; '
             'echo "pg_dump exited $rc (output on stderr counts as a failure): snapshot discarded" >&2; exit 1; fi',
@@ -98,15 +105,15 @@ def backup_script(conn: DbConn, python: str, layout: Layout, snapshot_id: str) -
         '[ -s "$f.partial" ] || { rm -f "$f.partial"; echo "the snapshot is empty: discarded" >&2; exit 1; }',
         f"{verify_cmd(conn, python, PARTIAL)} "
         '|| { rm -f "$f.partial"; echo "the snapshot does not read back: discarded" >&2; exit 1; }',
-        f'mv "$f.partial" "$f" && cksum < "$f" > "$f{OK}" && echo "SNAPSHOT $(cat "$f{OK}")"',
+        f'mv "$f.partial" "$f" && touch -d "@$t" "$f" && cksum < "$f" > "$f{OK}" && echo "SNAPSHOT $(cat "$f{OK}") $t"',
     ])
 
 
 def parse_backup(stdout: str, snapshot_id: str, path: str) -> Snapshot | None:
     for line in stdout.splitlines():
         words = line.split()
-        if words[:1] == ["SNAPSHOT"] and len(words) == 3:
-            return Snapshot(snapshot_id, path, int(words[2]), words[1])
+        if words[:1] == ["SNAPSHOT"] and len(words) == 4:
+            return Snapshot(snapshot_id, path, int(words[2]), words[1], float(words[3]))
     return None
 
 
@@ -124,7 +131,7 @@ def backup_db(remote: Remote, conn: DbConn, python: str, layout: Layout, snapsho
     return snap
 
 
-# ---------------------------------------------------------------- listing and retention
+# ---------------------------------------------------------------- listing and removal (which ones: steps/release_log.py)
 
 
 def list_cmd(layout: Layout) -> str:
@@ -143,20 +150,8 @@ def list_snapshots(remote: Remote, layout: Layout, engine: str) -> dict[str, boo
     return parse_list(remote.run(list_cmd(layout), change=False).stdout, engine)
 
 
-def snapshots_to_prune(ids: list[str], keep: int, current: str) -> list[str]:
-    """Beyond the newest `keep`; never the newest nor the one taken for the current release."""
-    keep_set = set(sorted(ids)[-keep:]) | {current}
-    return [i for i in sorted(ids) if i not in keep_set]
-
-
 def prune_cmd(layout: Layout, doomed: list[str], engine: str) -> str:
     """rm the doomed snapshots with their .ok, and leftovers of interrupted backups."""
     files = [snapshot_path(layout, i, engine) for i in doomed]
     rm = " ".join(f"{q(f)} {q(f + OK)}" for f in files)
     return f"cd {q(layout.backups)} 2>/dev/null || exit 0; rm -f -- {rm + ' ' if rm else ''}*.partial *.err *.toc"
-
-
-def prune_snapshots(remote: Remote, layout: Layout, engine: str, keep: int, current: str) -> list[str]:
-    doomed = snapshots_to_prune(list(list_snapshots(remote, layout, engine)), keep, current)
-    remote.run(prune_cmd(layout, doomed, engine))
-    return doomed

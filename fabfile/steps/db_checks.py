@@ -4,8 +4,14 @@ pending alembic migrations (alembic_version against the release's heads).
 
 PostgreSQL is asked from the controller with psycopg2 through an SSH tunnel (Fabric's
 `forward_local`) to the database host and port as the server sees them; SQLite by a
-small script on the host. Gathering the facts is separate from judging them: the
-`*_check` functions are pure, and every failure says what was expected and what was found.
+small script on the host. psycopg2 is imported only when a PostgreSQL check really runs.
+The release's revision graph is read by alembic's ScriptDirectory in the release's venv,
+without running env.py: plain alembic (`script_location` in the ini) and Flask-Migrate
+(`migrations/alembic.ini` without it: the ini's directory is the script directory). When
+the check itself cannot be made (no ini, no alembic in the venv, a broken script
+directory) it is a warning, never a failure. Gathering the facts is separate from judging
+them: the `*_check` functions are pure, and every failure says what was expected and what
+was found.
 """
 
 from __future__ import annotations
@@ -19,15 +25,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import paramiko
-import psycopg2
-
+from ..context import Check
 from ..db import DbConn, connection
 from ..errors import ShipfabError
 from ..inventory import DbChecks, Target
 from ..layout import Layout
 from ..remote import Remote
-from . import preflight  # its Check; a module import, so preflight may import this file too
 from .host_state import read_state
 
 q = shlex.quote
@@ -38,6 +41,24 @@ TYPE_ALIASES = {
     "varchar": "character varying", "bool": "boolean", "float8": "double precision", "float4": "real",
     "timestamptz": "timestamp with time zone", "timestamp": "timestamp without time zone",
 }
+
+# argv: the alembic ini (relative to the release). Prints {"known": [...], "heads": [...]} or {"error": "..."}.
+HISTORY_SCRIPT = """\
+import json, os, sys
+try:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+    ini = os.path.abspath(sys.argv[1])
+    if not os.path.isfile(ini):
+        raise FileNotFoundError(f"no {sys.argv[1]} in the release")
+    cfg = Config(ini)
+    if not cfg.get_main_option("script_location"):  # Flask-Migrate: the ini sits in the script directory
+        cfg.set_main_option("script_location", os.path.dirname(ini))
+    script = ScriptDirectory.from_config(cfg)
+    print(json.dumps({"known": [r.revision for r in script.walk_revisions()], "heads": list(script.get_heads())}))
+except Exception as exc:
+    print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+"""
 
 SQLITE_FACTS = """\
 import json, os, sqlite3, sys
@@ -100,61 +121,61 @@ def type_matches(expected: str, found: str) -> bool:
     return want == got if "(" in want else want == got.split("(", 1)[0].strip()
 
 
-def extension_check(name: str, minimum: str, installed: dict[str, str]) -> preflight.Check:
+def extension_check(name: str, minimum: str, installed: dict[str, str]) -> Check:
     title = f"extension {name}"
     want = f"{name} >= {minimum}" if minimum else name
     if name not in installed:
         others = ", ".join(f"{k} {v}" for k, v in sorted(installed.items())) or "none"
-        return preflight.Check(title, False, f"expected {want}, found it not installed (installed: {others})")
+        return Check(title, False, f"expected {want}, found it not installed (installed: {others})")
     found = installed[name]
     if minimum and version_tuple(found) < version_tuple(minimum):
-        return preflight.Check(title, False, f"expected {want}, found {name} {found}")
-    return preflight.Check(title, True, f"{name} {found}" + (f" (>= {minimum})" if minimum else ""))
+        return Check(title, False, f"expected {want}, found {name} {found}")
+    return Check(title, True, f"{name} {found}" + (f" (>= {minimum})" if minimum else ""))
 
 
-def column_check(column: str, expected: str, tables: dict[str, dict[str, str] | None]) -> preflight.Check:
+def column_check(column: str, expected: str, tables: dict[str, dict[str, str] | None]) -> Check:
     table, name = column.rsplit(".", 1)
     cols = tables.get(table)
     title = f"column {column}"
     if cols is None:
-        return preflight.Check(title, False, f"expected type {expected}, found no table {table}")
+        return Check(title, False, f"expected type {expected}, found no table {table}")
     if name not in cols:
-        return preflight.Check(title, False, f"expected type {expected}, found no such column ({table} has: {', '.join(cols)})")
+        return Check(title, False, f"expected type {expected}, found no such column ({table} has: {', '.join(cols)})")
     if not type_matches(expected, cols[name]):
-        return preflight.Check(title, False, f"expected type {expected}, found {cols[name]}")
-    return preflight.Check(title, True, f"type {cols[name]}")
+        return Check(title, False, f"expected type {expected}, found {cols[name]}")
+    return Check(title, True, f"type {cols[name]}")
 
 
-def index_check(table: str, expected: tuple[str, ...], indexes: dict[str, list[str] | None]) -> preflight.Check:
+def index_check(table: str, expected: tuple[str, ...], indexes: dict[str, list[str] | None]) -> Check:
     found = indexes.get(table)
     title = f"indexes on {table}"
     if found is None:
-        return preflight.Check(title, False, f"expected {', '.join(expected)}, found no table {table}")
+        return Check(title, False, f"expected {', '.join(expected)}, found no table {table}")
     missing = [i for i in expected if i not in found]
     if missing:
-        return preflight.Check(title, False, f"expected {', '.join(expected)}, missing {', '.join(missing)} "
+        return Check(title, False, f"expected {', '.join(expected)}, missing {', '.join(missing)} "
                                    f"(found: {', '.join(sorted(found)) or 'none'})")
-    return preflight.Check(title, True, f"{', '.join(expected)} present")
+    return Check(title, True, f"{', '.join(expected)} present")
 
 
-def alembic_check(at: list[str] | None, history: tuple[list[str], list[str]], release: str, host: str) -> preflight.Check:
+def alembic_check(at: list[str] | None, history: tuple[list[str], list[str]], release: str, host: str) -> Check:
     """alembic_version rows against the release's migration scripts: (all revisions, heads)."""
     known, heads = history
     title = "migrations"
     want = ", ".join(heads) or "(none)"
     if at is None:
-        return preflight.Check(title, not heads, f"no alembic_version table: never migrated; release {release} head is {want}")
+        return Check(title, not heads, f"no alembic_version table: never migrated; release {release} head is {want}")
     unknown = [v for v in at if v not in known]
     if unknown:
-        return preflight.Check(title, False, f"the database is at {', '.join(at)}, which release {release} does not have "
+        return Check(title, False, f"the database is at {', '.join(at)}, which release {release} does not have "
                                    f"(its head: {want}): the schema is ahead of the code")
     if sorted(at) == sorted(heads):
-        return preflight.Check(title, True, f"at head {want}")
-    return preflight.Check(title, False, f"pending: the database is at {', '.join(at) or '(empty)'}, release {release} head "
+        return Check(title, True, f"at head {want}")
+    return Check(title, False, f"pending: the database is at {', '.join(at) or '(empty)'}, release {release} head "
                                f"is {want} (run: fab -H {host} migrate)")
 
 
-def evaluate(checks: DbChecks, facts: Facts) -> list[preflight.Check]:
+def evaluate(checks: DbChecks, facts: Facts) -> list[Check]:
     results = [extension_check(n, v, facts.extensions) for n, v in checks.extensions.items()]
     results += [column_check(c, t, facts.tables) for c, t in checks.columns.items()]
     results += [index_check(t, names, facts.indexes) for t, names in checks.indexes.items()]
@@ -162,16 +183,12 @@ def evaluate(checks: DbChecks, facts: Facts) -> list[preflight.Check]:
 
 
 def parse_history(stdout: str) -> tuple[list[str], list[str]]:
-    """(every revision, the heads) from `alembic history` lines like `0001 -> 0002 (head), add price`."""
-    known, heads = [], []
-    for line in stdout.splitlines():
-        if " -> " not in line:
-            continue
-        rev = line.split(" -> ", 1)[1].split(",", 1)[0].split()[0]
-        known.append(rev)
-        if "(head)" in line:
-            heads.append(rev)
-    return sorted(known), sorted(heads)
+    """(every revision, the heads) from the JSON line HISTORY_SCRIPT prints; ShipfabError
+    with its message when it could not read the graph."""
+    data = json.loads(stdout.strip().splitlines()[-1]) if stdout.strip() else {"error": "no output"}
+    if "error" in data:
+        raise ShipfabError(data["error"])
+    return sorted(data["known"]), sorted(data["heads"])
 
 
 # ---------------------------------------------------------------- gathering
@@ -179,7 +196,7 @@ def parse_history(stdout: str) -> tuple[list[str], list[str]]:
 
 def history_cmd(layout: Layout, release_id: str, config: str) -> str:
     rel = layout.release(release_id)
-    return f"cd {q(rel)} && {q(rel + '/.venv/bin/alembic')} -c {q(config)} history 2>&1"
+    return f"cd {q(rel)} && {q(rel + '/.venv/bin/python')} -c {q(HISTORY_SCRIPT)} {q(config)} 2>&1"
 
 
 def sqlite_facts_cmd(python: str, conn: DbConn, tables: list[str]) -> str:
@@ -234,6 +251,8 @@ def reach(remote: Remote, conn: DbConn) -> Iterator[tuple[str, int]]:
 
 def connect(host: str, port: int, conn: DbConn, timeout: float = 10) -> Any:
     """psycopg2 connection, retried while the tunnel's listener comes up."""
+    import psycopg2  # only here: the CLI does not pay for it unless a PostgreSQL check runs
+
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -246,6 +265,23 @@ def connect(host: str, port: int, conn: DbConn, timeout: float = 10) -> Any:
             time.sleep(0.05)
 
 
+def pg_gather(remote: Remote, conn: DbConn, tables: list[str]) -> Facts:
+    """The facts of a PostgreSQL database; its own errors (driver, tunnel) as ShipfabError."""
+    import paramiko
+    import psycopg2
+
+    try:
+        with reach(remote, conn) as (host, port):
+            db = connect(host, port, conn)
+            try:
+                with db.cursor() as cur:
+                    return pg_facts(cur, tables)
+            finally:
+                db.close()
+    except (psycopg2.Error, paramiko.SSHException) as exc:
+        raise ShipfabError(" ".join(str(exc).split()) or type(exc).__name__) from None
+
+
 def gather(remote: Remote, target: Target, conn: DbConn) -> Facts | None:
     """The facts, or None when a SQLite file does not exist."""
     tables = checked_tables(target.app.database.checks)  # type: ignore[union-attr]
@@ -253,23 +289,24 @@ def gather(remote: Remote, target: Target, conn: DbConn) -> Facts | None:
         out = remote.run(sqlite_facts_cmd(target.app.python, conn, tables), change=False).stdout
         data = json.loads(out.strip().splitlines()[-1])
         return Facts(**data) if data else None
-    with reach(remote, conn) as (host, port):
-        db = connect(host, port, conn)
-        try:
-            with db.cursor() as cur:
-                return pg_facts(cur, tables)
-        finally:
-            db.close()
+    return pg_gather(remote, conn, tables)
 
 
 def release_history(remote: Remote, layout: Layout, release_id: str, config: str) -> tuple[list[str], list[str]]:
+    """(every revision, the heads) of the release's migrations; ShipfabError when they cannot be read."""
     res = remote.run(history_cmd(layout, release_id, config), change=False, warn=True)
-    if not res.ok:
-        raise ShipfabError(f"`alembic history` failed in release {release_id}: {res.stdout.strip()[-300:]}")
-    return parse_history(res.stdout)
+    try:
+        return parse_history(res.stdout)
+    except ValueError:
+        raise ShipfabError(f"exit {res.exited}: {res.stdout.strip()[-300:] or '(no output)'}") from None
 
 
-def run_checks(remote: Remote, target: Target, release_id: str | None = None) -> list[preflight.Check]:
+def current_release(remote: Remote, target: Target) -> str:
+    state, _ = read_state(remote, Layout(target.app.deploy_to))
+    return state.current
+
+
+def run_checks(remote: Remote, target: Target, release_id: str | None = None) -> list[Check]:
     """All database checks of the target's app ([] when it has no database); never raises.
     Migrations are compared with `release_id` (default: the current release)."""
     db = target.app.database
@@ -278,21 +315,22 @@ def run_checks(remote: Remote, target: Target, release_id: str | None = None) ->
     try:
         conn = connection(remote, target)
         facts = gather(remote, target, conn)
-    except (ShipfabError, psycopg2.Error, paramiko.SSHException, OSError, ValueError) as exc:
-        return [preflight.Check("database", False, f"cannot connect: {' '.join(str(exc).split()) or type(exc).__name__}")]
+    except (ShipfabError, OSError, ValueError) as exc:
+        return [Check("database", False, f"cannot connect: {' '.join(str(exc).split()) or type(exc).__name__}")]
     if facts is None:
-        if not read_state(remote, Layout(target.app.deploy_to)).current:  # a first deploy creates it
-            return [preflight.Check("database", True, f"no SQLite file yet ({conn.path}); nothing is deployed")]
-        return [preflight.Check("database", False, f"expected a SQLite database, found no file {conn.path}")]
-    results = [preflight.Check("database", True, f"{facts.server}, {conn.label()}")] + evaluate(db.checks, facts)
+        if not current_release(remote, target):  # a first deploy creates it
+            return [Check("database", True, f"no SQLite file yet ({conn.path}); nothing is deployed")]
+        return [Check("database", False, f"expected a SQLite database, found no file {conn.path}")]
+    results = [Check("database", True, f"{facts.server}, {conn.label()}")] + evaluate(db.checks, facts)
     if db.checks.alembic:
         layout = Layout(target.app.deploy_to)
-        release = release_id or read_state(remote, layout).current
+        release = release_id or current_release(remote, target)
         if not release:
-            return results + [preflight.Check("migrations", True, "nothing deployed yet: nothing to compare with")]
+            return results + [Check("migrations", True, "nothing deployed yet: nothing to compare with")]
         try:
             history = release_history(remote, layout, release, db.checks.alembic)
         except ShipfabError as exc:
-            return results + [preflight.Check("migrations", False, str(exc))]
+            return results + [Check("migrations", True, f"not checked: cannot read the migrations of release {release} "
+                                                        f"with {db.checks.alembic}: {exc}", warning=True)]
         results.append(alembic_check(facts.alembic, history, release, remote.host))
     return results

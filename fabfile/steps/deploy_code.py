@@ -1,5 +1,7 @@
 """deploy_code: a new release directory from a git ref, with the shared files linked in.
 
+Built in `releases/.tmp-<id>` and renamed to `releases/<id>` only when complete, so a
+release directory is never half a release (a killed deploy leaves a .tmp- that prune removes).
 Two sources: a local checkout (packed with `git archive`, uploaded) or a repository URL
 the host can reach (kept as a bare mirror on the host and updated each deploy).
 """
@@ -56,19 +58,39 @@ def mirror_update_cmd(layout: Layout, url: str, ref: str) -> str:
     )
 
 
+def building(layout: Layout, release_id: str) -> str:
+    """Where a release is built before it is renamed into place."""
+    return f"{layout.releases}/.tmp-{release_id}"
+
+
 def extract_cmd(layout: Layout, release_id: str, archive: str) -> str:
-    rel = q(layout.release(release_id))
-    return f"mkdir -p {rel} && tar -xzf {q(archive)} -C {rel} && rm -f {q(archive)}"
+    tmp = q(building(layout, release_id))
+    return f"rm -rf {tmp} && mkdir -p {tmp} && tar -xzf {q(archive)} -C {tmp} && rm -f {q(archive)}"
 
 
 def mirror_extract_cmd(layout: Layout, release_id: str, revision: str, subdir: str) -> str:
-    rel = q(layout.release(release_id))
-    return f"mkdir -p {rel} && git -C {q(layout.mirror)} archive {q(archive_spec(revision, subdir))} | tar -x -C {rel}"
+    tmp = q(building(layout, release_id))
+    return (f"rm -rf {tmp} && mkdir -p {tmp} && "
+            f"git -C {q(layout.mirror)} archive {q(archive_spec(revision, subdir))} | tar -x -C {tmp}")
+
+
+def publish_cmd(layout: Layout, release_id: str) -> str:
+    """The complete release takes its name (rename within releases/: atomic)."""
+    return f"mv -T {q(building(layout, release_id))} {q(layout.release(release_id))}"
+
+
+def remove_cmd(layout: Layout, release_id: str) -> str:
+    """Undo: remove the release (and its build dir and upload), unless `current` points at it."""
+    rel, tmp = q(layout.release(release_id)), q(building(layout, release_id))
+    upload = q(f"{layout.meta}/upload-{release_id}.tar.gz")
+    return (f"if [ \"$(readlink {q(layout.current)})\" = {q('releases/' + release_id)} ]; then echo KEPT; "
+            f"else rm -rf -- {rel} {tmp} {upload} && echo REMOVED; fi")
 
 
 def link_shared_cmd(layout: Layout, release_id: str, revision: str, files: tuple[str, ...], dirs: tuple[str, ...]) -> str:
-    """Record REVISION and link shared dirs/files into the release (a missing shared file is created 0600)."""
-    rel = layout.release(release_id)
+    """Record REVISION and link shared dirs/files into the release being built (a missing
+    shared file is created 0600)."""
+    rel = building(layout, release_id)
     parts = [f"printf '%s\\n' {q(revision)} > {q(rel + '/REVISION')}"]
     for d in dirs:
         src, dst = f"{layout.shared}/{d}", f"{rel}/{d}"
@@ -90,7 +112,7 @@ def deploy_code(remote: Remote, app: App, layout: Layout, release: Release) -> N
             raise StepFailed(f"{remote.host}: could not resolve {release.ref!r} in {app.repo}")
         release.revision = out[-1] if out else "(resolved on the host)"
         create = mirror_extract_cmd(layout, release.id, release.revision, app.subdir)
-        remote.run(create + " && " + _link(app, layout, release))
+        remote.run(create + " && " + _link(app, layout, release) + " && " + publish_cmd(layout, release.id))
         return
     release.revision = local_revision(app.checkout, release.ref)
     with tempfile.TemporaryDirectory(prefix="shipfab-") as tmp:
@@ -98,7 +120,8 @@ def deploy_code(remote: Remote, app: App, layout: Layout, release: Release) -> N
         pack_local(app.checkout, release.revision, app.subdir, archive)
         remote_archive = f"{layout.meta}/upload-{release.id}.tar.gz"
         remote.put(str(archive), remote_archive)
-        remote.run(extract_cmd(layout, release.id, remote_archive) + " && " + _link(app, layout, release))
+        remote.run(extract_cmd(layout, release.id, remote_archive) + " && " + _link(app, layout, release) + " && "
+                   + publish_cmd(layout, release.id))
 
 
 def _link(app: App, layout: Layout, release: Release) -> str:

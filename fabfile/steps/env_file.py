@@ -7,7 +7,7 @@ import shlex
 
 from ..layout import Layout
 from ..remote import Remote
-from ..secrets import parse_env
+from ..secret_rule import parse_env
 
 q = shlex.quote
 
@@ -35,7 +35,7 @@ def read_remote_env(remote: Remote, layout: Layout) -> dict[str, str]:
     """The host's .env as a dict; its values are added to the redaction filter at once."""
     text = remote.run(read_cmd(layout), change=False, show_output=False).stdout
     values = parse_env(text, f"{remote.host}:{env_path(layout)}")
-    remote.printer.redact.add(values.values())
+    remote.printer.redact.add_env(values, remote.target.app)
     return values
 
 

@@ -1,18 +1,45 @@
 """migrate: the app's migration command (`alembic upgrade head`, `flask db upgrade`,
 `python manage.py migrate`, `npx prisma migrate deploy`...) run in a release directory
-with the release's venv first on PATH, the shared .env exported and libpq's PG*
-variables set. Its output (stdout and stderr, in order) is shown."""
+with the release's venv first on PATH, the app's environment and libpq's PG* variables.
+
+No shell ever evaluates a .env value: the controller parses the host's .env with
+python-dotenv (what the app itself does) and sends the values as one JSON line on stdin
+to a tiny Python launcher on the host, which puts them in os.environ and execs
+`bash -c <command>` (the command is from hosts.toml, trusted). No value is ever on a
+command line. The output (stdout and stderr, in order) streams line by line as it runs;
+a failure names its first error line (the real cause), then the last lines.
+"""
 
 from __future__ import annotations
 
+import json
+import re
 import shlex
+from collections.abc import Callable
 
-from ..db import DbConn, env_lines, run_with_db
+from ..db import DbConn
 from ..errors import StepFailed
 from ..layout import Layout
 from ..remote import Remote
 
 q = shlex.quote
+
+# argv: release dir, command. stdin: one JSON line {"env": {...}}. stderr joins stdout.
+LAUNCHER = """\
+import json, os, sys
+env = json.loads(sys.stdin.readline())["env"]
+os.environ.update(env)
+null = os.open(os.devnull, os.O_RDONLY)
+os.dup2(null, 0)
+os.dup2(1, 2)
+os.chdir(sys.argv[1])
+venv = os.path.join(sys.argv[1], ".venv")
+os.environ["VIRTUAL_ENV"] = venv
+os.environ["PATH"] = os.path.join(venv, "bin") + os.pathsep + os.environ.get("PATH", "")
+os.execvp("bash", ["bash", "-c", sys.argv[2]])
+"""
+# `ModuleNotFoundError: ...`, `psycopg2.errors.UndefinedTable: ...`, `ERROR [alembic...] ...`, `Error: ...`
+ERROR_LINE = re.compile(r"^(?:\w*(?:Error|Exception)\b|(?:\w+\.)+[A-Z]\w*:|ERROR\b|Error\b|FAILED\b)")
 
 
 class MigrationFailed(StepFailed):
@@ -23,36 +50,71 @@ class MigrationFailed(StepFailed):
         self.output = output
 
 
-def migrate_script(conn: DbConn, layout: Layout, release_id: str, command: str) -> str:
-    rel = layout.release(release_id)
-    env = f"{layout.shared}/.env"
-    return "\n".join([
-        *env_lines(conn),
-        f"cd {q(rel)} || exit 1",
-        f"if [ -f {q(env)} ]; then set -a && . {q(env)} && set +a || exit 1; fi",
-        f'export VIRTUAL_ENV={q(rel + "/.venv")} PATH={q(rel + "/.venv/bin")}:"$PATH"',
-        "{",
-        command,
-        "} 2>&1",
-    ])
+def pg_env(conn: DbConn) -> dict[str, str]:
+    """libpq's settings for the migration's environment (the password included: it goes on stdin)."""
+    if conn.engine == "sqlite":
+        return {}
+    env = {"PGHOST": conn.host, "PGPORT": str(conn.port), "PGUSER": conn.user, "PGDATABASE": conn.name,
+           "PGPASSWORD": conn.password}
+    return {k: v for k, v in env.items() if v}
+
+
+def migrate_cmd(python: str, layout: Layout, release_id: str, command: str) -> str:
+    return f"{q(python)} -c {q(LAUNCHER)} {q(layout.release(release_id))} {q(command)}"
+
+
+def launcher_stdin(conn: DbConn, app_env: dict[str, str]) -> str:
+    """The one JSON line the launcher reads: libpq's settings, then the app's .env (it wins)."""
+    return json.dumps({"env": {**pg_env(conn), **app_env}}) + "\n"
+
+
+def first_error(output: str) -> str:
+    """The first line that names an error (the root cause of a chained traceback), or ""."""
+    return next((line.strip() for line in output.splitlines() if ERROR_LINE.match(line.strip())), "")
 
 
 def output_tail(output: str, lines: int = 6) -> str:
     return "\n".join(output.strip().splitlines()[-lines:])
 
 
-def migrate(remote: Remote, conn: DbConn, layout: Layout, release_id: str, command: str) -> str:
-    """Run the migration command and show its output; MigrationFailed when it fails."""
-    res = run_with_db(remote, conn, migrate_script(conn, layout, release_id, command), warn=True, show_output=False)
+class LineStream:
+    """A file-like sink for a command's output that hands on complete lines as they come."""
+
+    def __init__(self, emit: Callable[[str], None]) -> None:
+        self.emit = emit
+        self.pending = ""
+
+    def write(self, data: str) -> int:
+        self.pending += data
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            self.emit(line)
+        return len(data)
+
+    def flush(self) -> None:
+        """Called after every write: a partial line waits for its end (see `close`)."""
+
+    def close(self) -> None:
+        if self.pending:
+            self.emit(self.pending)
+            self.pending = ""
+
+
+def migrate(remote: Remote, conn: DbConn, layout: Layout, release_id: str, command: str, python: str,
+            app_env: dict[str, str]) -> str:
+    """Run the migration command, streaming its output; MigrationFailed (naming its first error) when it fails."""
+    stream = LineStream(lambda line: remote.printer.line(line, remote.host, level=1))
+    res = remote.run(migrate_cmd(python, layout, release_id, command), warn=True, show_output=False,
+                     stdin=launcher_stdin(conn, app_env), out_stream=stream)
+    stream.close()
     if remote.dry_run:
         return "dry-run"
     output = res.stdout.rstrip()
-    if output:
-        remote.printer.line(output, remote.host)
     if not res.ok:
+        cause = first_error(output)
         raise MigrationFailed(
-            f"{remote.host}: migration `{command}` failed (exit {res.exited}) in release {release_id}; its output:\n"
-            f"{output_tail(output) or '(no output)'}",
+            f"{remote.host}: migration `{command}` failed (exit {res.exited}) in release {release_id}: "
+            f"{cause or 'it printed no error line'}\nits last lines:\n{output_tail(output) or '(no output)'}",
             output,
         )
     return f"`{command}` ok"

@@ -1,8 +1,11 @@
-"""pip_sync: the release's virtualenv, keyed by a hash of requirements + python version.
+"""pip_sync: the release's virtualenv, keyed by a hash of requirements + python version
+(+ wheelhouse).
 
-A deploy whose requirements did not change finds the venv complete and only links it:
-pip does not run at all. A half-built venv (a build that died) has no completion
-marker, so the next deploy removes and rebuilds it.
+A venv is built in its own directory `venvs/<hash>.build-<release>` and becomes
+`venvs/<hash>` (a symlink, swapped in atomically with `mv -T`) only once pip finished: a
+build cut short never counts as complete, and the next deploy builds again. A deploy whose
+requirements did not change finds `venvs/<hash>` and only links it: pip does not run.
+(Building under its final name keeps the scripts' `#!` lines valid; a renamed venv breaks them.)
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from ..release import Release
 from ..remote import Remote
 
 q = shlex.quote
-MARKER = ".shipfab-complete"
 
 
 def sync_script(layout: Layout, release_id: str, python: str, wheelhouse: str) -> str:
@@ -24,15 +26,27 @@ def sync_script(layout: Layout, release_id: str, python: str, wheelhouse: str) -
     req = q(f"{rel}/requirements.txt")
     index = f"--no-index --find-links {q(wheelhouse)} " if wheelhouse else ""
     py = q(python)
-    return (
+    return "\n".join([
         f"h=$({{ cat {req} 2>/dev/null; {py} -c 'import sys; print(sys.version)'; echo {q(wheelhouse)}; }}"
-        f" | sha256sum | cut -c1-16) && v={q(layout.venvs)}/$h && "
-        f'if [ -f "$v/{MARKER}" ]; then echo "REUSED $h"; else '
-        f'{{ rm -rf "$v" && mkdir -p {q(layout.venvs)} && {py} -m venv "$v" && '
-        f'{{ [ ! -f {req} ] || "$v/bin/pip" install --disable-pip-version-check -q {index}-r {req}; }} && '
-        f'touch "$v/{MARKER}"; }} || {{ rc=$?; rm -rf "$v"; echo "venv build failed (exit $rc)" >&2; exit $rc; }}; '
-        f'echo "BUILT $h"; fi && ln -sfn "$v" {q(rel + "/.venv")}'
-    )
+        " | sha256sum | cut -c1-16) || exit 1",
+        f"v={q(layout.venvs)}/$h; b=$v.build-{q(release_id)}",
+        # a venv of shipfab < 2 is a directory with a completion marker
+        'if { [ -L "$v" ] && [ -e "$v/bin/python" ]; } || [ -f "$v/.shipfab-complete" ]; then echo "REUSED $h"',
+        "else",
+        f'  rm -rf "$b" && mkdir -p {q(layout.venvs)} && {py} -m venv "$b" &&',
+        f'  {{ [ ! -f {req} ] || "$b/bin/pip" install --disable-pip-version-check -q {index}-r {req}; }} &&',
+        '  ln -sfn "$(basename "$b")" "$v.tmp" && rm -rf "$v" && mv -T "$v.tmp" "$v" ||',
+        '  { rc=$?; rm -rf "$b" "$v.tmp"; echo "venv build failed (exit $rc)" >&2; exit $rc; }',
+        '  echo "BUILT $h"',
+        "fi",
+        f'ln -sfn "$v" {q(rel + "/.venv")}',
+    ])
+
+
+def cleanup_cmd(layout: Layout, release_id: str) -> str:
+    """Undo: remove this release's venv build if no `venvs/<hash>` link took it (an interrupted build)."""
+    return (f"cd {q(layout.venvs)} 2>/dev/null || exit 0; for b in *.build-{q(release_id)}; do "
+            '[ -e "$b" ] || continue; [ "$(readlink "${b%.build-*}" 2>/dev/null)" = "$b" ] || rm -rf -- "$b"; done')
 
 
 def parse_sync(stdout: str) -> tuple[str, bool]:

@@ -1,8 +1,9 @@
 """preflight: the checks a person runs by eye before deploying, run every time.
 
-One read-only round trip gathers the host's facts (disk, memory, binaries, python
-version, `nginx -t`, which required .env keys are set, lock, current release); pure
-functions turn them into checks. `.env` values never leave the host: only key names
+The host's facts (disk, memory, binaries, python version, `nginx -t`, which required .env
+keys are set, lock, current release, whether the app's port is free before a first deploy)
+are gathered in the same round trip that takes the deploy lock (or, for `fab check`, in
+one read-only round trip); pure functions turn them into checks. `.env` values never leave the host: only key names
 and whether each is empty come back.
 """
 
@@ -11,22 +12,28 @@ from __future__ import annotations
 import shlex
 import subprocess
 import time
-from dataclasses import dataclass
 
+from ..context import Check
 from ..errors import ShipfabError
 from ..inventory import App, Target
 from ..layout import Layout
 from ..remote import Remote
+from . import db_checks
 from .lock import describe_holder
 
 q = shlex.quote
 
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    ok: bool
-    detail: str
+# Prints "port HOST PORT free|used": can a listener bind there next to ours? (SO_REUSEPORT:
+# a gunicorn of ours started with --reuse-port does not count as taken.)
+PORT_PROBE = (
+    "import socket, sys\n"
+    "s = socket.socket()\n"
+    "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)\n"
+    "try:\n"
+    "    s.bind((sys.argv[1], int(sys.argv[2]))); print('port', sys.argv[1], sys.argv[2], 'free')\n"
+    "except OSError as e:\n"
+    "    print('port', sys.argv[1], sys.argv[2], 'used', e.strerror)\n"
+)
 
 
 def required_binaries(app: App) -> list[str]:
@@ -72,6 +79,9 @@ def facts_cmd(app: App, layout: Layout) -> str:
         f"echo \"current $(readlink {q(layout.current)} 2>/dev/null) "
         f"$(cat {q(layout.current + '/REVISION')} 2>/dev/null)\"",
     ]
+    host, _, port = app.gunicorn.bind.rpartition(":")
+    if host and port.isdigit() and not app.gunicorn.bind.startswith("unix:"):
+        lines.append(f"[ -L {q(layout.current)} ] || {q(app.python)} -c {q(PORT_PROBE)} {q(host.strip('[]'))} {q(port)}")
     if app.preflight.nginx:
         conf = f" -c {q(app.preflight.nginx_conf)}" if app.preflight.nginx_conf else ""
         lines.append(f"if out=$({sudo}nginx -t{conf} 2>&1); then echo nginx_t ok; "
@@ -83,7 +93,7 @@ def parse_facts(stdout: str) -> dict[str, list[str]]:
     facts: dict[str, list[str]] = {}
     for line in stdout.splitlines():
         key, _, rest = line.partition(" ")
-        if key in ("bin", "envkey"):
+        if key in ("bin", "envkey", "port"):
             facts.setdefault(key, []).append(rest)
         elif key:
             facts[key] = [rest]
@@ -133,6 +143,12 @@ def evaluate(app: App, facts: dict[str, list[str]], commits_ahead: str = "") -> 
             empty = [k for k in pf.required_env if present.get(k) == "empty"]
             problems = ([f"missing: {', '.join(absent)}"] if absent else []) + ([f"empty: {', '.join(empty)}"] if empty else [])
             checks.append(Check("env keys", not problems, "; ".join(problems) or f"all set: {', '.join(pf.required_env)}"))
+    for line in facts.get("port", []):
+        host, port, verdict, *why = line.split()
+        ok = verdict == "free"
+        checks.append(Check("port", ok, f"{host}:{port} is free" if ok else
+                            f"{host}:{port} is already in use by another program ({' '.join(why)}): stop it or "
+                            "change gunicorn.bind"))
     lock = facts.get("lock", ["free"])[0]
     if lock.startswith("held"):
         checks.append(Check("lock", False, f"held by {describe_holder(lock[4:].strip())}"))
@@ -154,21 +170,28 @@ def commits_ahead(app: App, current_revision: str, ref: str) -> str:
     return res.stdout.strip() if res.returncode == 0 else ""
 
 
+def checks_from(remote: Remote, target: Target, out: str, ref: str | None, locked_by_us: bool) -> list[Check]:
+    """The checks for facts already gathered (`out`), plus the database checks."""
+    facts = parse_facts(out)
+    if locked_by_us:
+        facts["lock"] = ["free"]
+    revision = (facts.get("current", [""])[0] + " ").split(" ")[1]
+    how = "local sandbox (no ssh)" if target.local else "reachable"
+    checks = [Check("ssh", True, how)]
+    return checks + evaluate(target.app, facts, commits_ahead(target.app, revision, ref or target.app.branch)) \
+        + db_checks.run_checks(remote, target)
+
+
 def run_checks(remote: Remote, target: Target, ref: str | None = None) -> list[Check]:
-    """All pre-flight checks of one host; never changes anything."""
+    """All pre-flight checks of one host in one read-only round trip; never changes anything."""
     app = target.app
     started = time.monotonic()
     try:
         out = remote.run(facts_cmd(app, Layout(app.deploy_to)), change=False, timeout=target.connect_timeout + 20).stdout
     except ShipfabError as exc:
         return [Check("ssh", False, f"unreachable: {exc}")]
-    how = "local sandbox (no ssh)" if target.local else "reachable"
-    checks = [Check("ssh", True, f"{how}, {1000 * (time.monotonic() - started):.0f} ms for the facts")]
-    facts = parse_facts(out)
-    revision = (facts.get("current", [""])[0] + " ").split(" ")[1]
-    from . import db_checks  # db_checks builds on this module's Check
-
-    return checks + evaluate(app, facts, commits_ahead(app, revision, ref or app.branch)) + db_checks.run_checks(remote, target)
+    checks = checks_from(remote, target, out, ref, locked_by_us=False)
+    return [Check("ssh", True, f"{checks[0].detail}, {1000 * (time.monotonic() - started):.0f} ms for the facts")] + checks[1:]
 
 
 def checks_json(checks: list[Check]) -> list[dict[str, object]]:

@@ -1,4 +1,4 @@
-"""health_check: HTTP until the app answers as expected, from the controller (requests)
+"""The HTTP probe: GET until the app answers as expected, from the controller (urllib)
 or on the host with curl (for apps bound to loopback); retries with backoff and an
 overall timeout. A failure reports the last status and a body excerpt."""
 
@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import shlex
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,10 +75,19 @@ def evaluate(health: HealthSettings, status: int | None, body: str) -> tuple[boo
     return True, f"status {status}"
 
 
+def http_get(url: str, timeout: float) -> tuple[int | None, str]:
+    """(status, body) of one GET; (None, why) when there is no HTTP answer."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="GET"), timeout=timeout) as resp:  # noqa: S310
+            return resp.status, resp.read(65536).decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(65536).decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return None, str(getattr(exc, "reason", exc))
+
+
 def probe_once(remote: Remote, target: Target) -> Probe:
     """One HTTP request, from wherever the app's health settings say."""
-    import requests  # imported here: it costs ~90 ms of every fab start-up (bench/)
-
     health = target.app.health
     url = health_url(health, target)
     started = time.monotonic()
@@ -86,11 +97,7 @@ def probe_once(remote: Remote, target: Target) -> Probe:
         if status is None and res.stderr.strip():
             body = res.stderr.strip()
     else:
-        try:
-            resp = requests.get(url, timeout=health.request_timeout)
-            status, body = resp.status_code, resp.text
-        except requests.RequestException as exc:
-            status, body = None, str(exc)
+        status, body = http_get(url, health.request_timeout)
     ok, detail = evaluate(health, status, body)
     return Probe(ok=ok, status=status, latency=time.monotonic() - started, detail=detail)
 

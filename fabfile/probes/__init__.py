@@ -1,0 +1,1 @@
+"""How a host proves a release serves (DESIGN.md: probes)."""

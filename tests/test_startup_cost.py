@@ -1,0 +1,43 @@
+"""Start-up cost (issue 7, item 9): what a deploy's process imports, and the bench's own parser.
+
+A fresh interpreter per check: sys.modules of the test process already holds everything.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+from deploy_vs_ssh import floor_steps  # noqa: E402
+
+HEAVY = ("requests", "psycopg2", "sqlalchemy")
+
+
+def loaded_after(code: str) -> list[str]:
+    """The HEAVY modules a fresh interpreter has loaded after `import fabfile` and `code`."""
+    script = f"import sys, json, fabfile\n{code}\nprint(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_importing_the_tasks_loads_no_http_client_and_no_database_driver() -> None:
+    assert loaded_after("") == []
+
+
+def test_a_run_without_webhooks_does_not_import_requests() -> None:
+    code = ("from fabfile import notify\nfrom fabfile.inventory import NotifySettings\nfrom fabfile.output import Printer\n"
+            "notify.send(NotifySettings(webhooks=(), timeout=5.0), 'start', {'app': 'a'}, Printer())")
+    assert loaded_after(code) == []
+
+
+def test_floor_steps_are_the_time_between_marks() -> None:
+    out = "MARK start 100.000000\nnoise\nMARK lock 100.250000\nMARK finish 101.000000\n"
+    steps = floor_steps(out)
+    assert list(steps) == ["lock", "finish"]
+    assert abs(steps["lock"] - 0.25) < 1e-9
+    assert abs(steps["finish"] - 0.75) < 1e-9
