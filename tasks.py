@@ -75,5 +75,5 @@ def bench(c, runs=5):
 
 @task
 def sandbox(c):
-    """Deploy the sample app to the local sandbox (same as `fab -H local deploy`)."""
-    c.run("fab -H local deploy", pty=False)
+    """Deploy the sample app to the local sandbox (same as `./fab -H local deploy`)."""
+    c.run("./fab -H local deploy", pty=False)

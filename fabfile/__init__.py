@@ -22,7 +22,7 @@ from .remote import open_connection
 from .stacks import gunicorn as gunicorn_stack
 from .stacks import stack_for
 from .steps import lock as lock_step
-from .steps import release_log
+from .steps import release_log, stop_gunicorn
 from .steps.host_state import read_state
 from .steps.preflight import run_checks
 from .strategies import symlink
@@ -237,6 +237,13 @@ def unlock(c):
         return f"removed the lock held by {holder}"
 
     on_each_host(c, printer, Options(), "unlock", step, locked=False)
+
+
+@task
+def stop(c, dry_run=False, verbose=False):
+    """Stop the app's gunicorn under its manager (the sandbox: `fab -H local stop`); `restart` starts it again."""
+    printer, options = options_for(dry_run, verbose, False)
+    on_each_host(c, printer, options, "stop", lambda run: stop_gunicorn.stop(run.remote, run.app, run.layout))
 
 
 # The task namespace: every task above, plus `env.push` / `env.diff`.

@@ -12,15 +12,20 @@ from . import fleet
 from .context import HostRun, Options
 from .errors import ShipfabError, UsageError
 from .inventory import Target, load_inventory
+from .lookup_help import check_known, require_inventory
 from .output import Printer, Redactor
 from .secret_rule import local_env
 
 
 def targets(c: object, printer: Printer) -> list[Target]:
-    """The hosts -H names (or the default target); the inventory's secrets join the redaction filter."""
+    """The hosts -H names (or the default target); the inventory's secrets join the redaction filter.
+    A name nothing knows (hosts.toml, ssh config, DNS) and a missing inventory are usage errors that
+    list the known names / say where shipfab looked."""
+    require_inventory()
     inventory = load_inventory()
     printer.redact.add(inventory.secrets)
     resolved = inventory.resolve(getattr(c, "original_host", None))
+    check_known(inventory, resolved)
     for target in resolved:  # the controller's .env, by each app's secret rule
         printer.redact.add_env(local_env(), target.app)
     return resolved

@@ -99,11 +99,12 @@ class HostRun:
         """Register how to take back the change the next command makes: call it *before* the change."""
         self.undos.append(Undo(name, fn))
 
-    def timed(self, name: str, fn: Callable[[], str | None]) -> str | None:
-        """Run one step, print `[host] step ok 0.12s (detail)` or FAILED, record the time."""
+    def timed(self, name: str, fn: Callable[[], str | None], level: int = 1) -> str | None:
+        """Run one step, print `[host] step ok 0.12s (detail)` (at `level`) or FAILED, record the time."""
         started = time.monotonic()
         try:
-            detail = fn()
+            with self.printer.status(f"[{self.host}] {name}"):
+                detail = fn()
         except BaseException:
             elapsed = self.timings[name] = time.monotonic() - started
             self.printer.line(f"{name:<15} FAILED {elapsed:.2f}s", self.host, level=0)
@@ -112,7 +113,7 @@ class HostRun:
         elapsed = self.timings[name] = time.monotonic() - started
         self.done.append(name)
         suffix = f" ({detail})" if detail else ""
-        self.printer.line(f"{name:<15} ok {elapsed:.2f}s{suffix}", self.host)
+        self.printer.line(f"{name:<15} ok {elapsed:.2f}s{suffix}", self.host, level=level)
         return detail
 
     def fail(self, status: str, code: int, reason: str) -> None:

@@ -99,8 +99,10 @@ def undo_migration(run: HostRun, conn: DbConn, before: Fingerprint) -> str:
     if MIGRATE in run.done:
         if not run.release.migrated:
             return "the migration changed nothing: nothing to restore"
+        back = (f"to take it back too: {restore_command(run)}" if run.release.backup else
+                "no snapshot was taken before them (there was no database yet, or --skip-backup)")
         run.notes.append(f"the database keeps the migrations of {run.release.id} (the code went back, the schema did "
-                         f"not); to take it back too: {restore_command(run)}")
+                         f"not); {back}")
         return "kept the migrated schema (see the note)"
     now = fingerprint(run.remote, conn, run.app.python)
     if now.digest == before.digest:
@@ -115,6 +117,7 @@ def undo_migration(run: HostRun, conn: DbConn, before: Fingerprint) -> str:
     except ShipfabError as exc:
         raise DatabaseNotRestored(f"{run.host}: {changed} and restoring {run.release.backup} failed: {exc}. "
                                   f"Restore it by hand: {restore_command(run)}") from None
+    run.notes.append(f"The database was restored from {run.release.backup} ({changed}): {detail}.")
     return f"{changed}: {detail}"
 
 

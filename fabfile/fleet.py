@@ -19,6 +19,7 @@ from .db import primary, primary_first
 from .errors import ShipfabError, UsageError
 from .inventory import Target
 from .output import Printer, table
+from .probes.http import health_url
 from .release import Release, new_release_id, who
 from .remote import Remote
 from .stacks import stack_for
@@ -114,7 +115,7 @@ def deploy_each(runs: list[HostRun], release_id: str) -> None:
         stopped = hostflow.run_steps(run, stack_for(run.app.stack).steps)
         if stopped is None:
             run.status, run.reason = "success", (f"dry run: would serve {release_id}" if run.options.dry_run
-                                                 else f"serving {release_id}")
+                                                 else f"serving {release_id}; health {health_url(run.app.health, run.target)}")
         hostflow.finish(run, [hostflow.deploy_entry(run, started)], prune=stopped is None)
         if isinstance(stopped, KeyboardInterrupt):
             skip_others(runs, run, f"not started: {hostflow.cause_of(stopped)}")
@@ -337,7 +338,7 @@ def summarize(runs: list[HostRun], printer: Printer, what: str, timings: bool = 
     dry = runs and runs[0].options.dry_run
     if dry:
         count = sum(r.remote.would_run for r in runs)
-        printer.line(f"dry run: {count} command(s) on {len(runs)} host(s) would change things; nothing changed", level=0)
+        printer.line(f"dry run: {count} commands on {len(runs)} hosts; nothing changed", level=0)
     else:
         verdict = "ok" if code == errors.OK else f"FAILED (exit {code})"
         printer.line(f"{what}: {verdict}", level=0)

@@ -11,6 +11,7 @@ range-checked.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import os
@@ -31,6 +32,8 @@ HEALTH_VIA = ("controller", "host")
 
 MAX_DEPTH = 32  # tables and arrays nested deeper than this are not an inventory
 MAX_SHOWN = 60  # characters of a value quoted in a message
+SANDBOX_PORT = "{sandbox_port}"  # in gunicorn.bind / health.url of a local host: a port of its own per sandbox
+SANDBOX_PORTS = (20000, 10000)  # first port, how many: below Linux's ephemeral range (32768-60999)
 
 # Schema: key -> (type, default[, Range]). A default of REQUIRED means the key must be given.
 REQUIRED = object()
@@ -134,6 +137,7 @@ APP_SCHEMA: dict[str, tuple[Any, ...]] = {
     "shared_files": (list, [".env"]),
     "shared_dirs": (list, ["logs"]),
     "wheelhouse": (str, ""),  # remote dir of wheels: pip runs --no-index --find-links
+    "extra_requirements": (list, []),  # pip requirement specifiers installed after requirements.txt
     "gunicorn": (dict, {}),
     "health": (dict, REQUIRED),
     "preflight": (dict, {}),
@@ -260,6 +264,7 @@ class App:
     database: DatabaseSettings | None = None
     secret_keys: tuple[str, ...] = ()
     public_keys: tuple[str, ...] = ()
+    extra_requirements: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -542,6 +547,9 @@ def _build_app(
     elif local is False and not deploy_to.startswith("/"):
         where.fail(f"{key}.deploy_to", f"must be an absolute path on ssh host {_show(host)}, got {_show(deploy_to)}")
     checkout = "" if a["repo"] else str((base_dir / (a["checkout"] or ".")).resolve())
+    if local is not None:
+        g["bind"], h["url"] = (_sandbox_port(g["bind"], f"{key}.gunicorn.bind", deploy_to, local, where),
+                               _sandbox_port(h["url"], f"{key}.health.url", deploy_to, local, where))
     return App(
         name=name,
         stack=a["stack"],
@@ -564,7 +572,32 @@ def _build_app(
         database=_database(a["database"], f"{key}.database", where) if a["database"] is not None else None,
         secret_keys=_strings(a["secret_keys"], f"{key}.secret_keys", where),
         public_keys=_strings(a["public_keys"], f"{key}.public_keys", where),
+        extra_requirements=_requirements(a["extra_requirements"], f"{key}.extra_requirements", where),
     )
+
+
+def sandbox_port(deploy_to: str) -> int:
+    """The local sandbox's port, derived from its directory: two clones on one machine get two ports."""
+    digest = hashlib.sha256(deploy_to.encode()).digest()
+    first, count = SANDBOX_PORTS
+    return first + int.from_bytes(digest[:4], "big") % count
+
+
+def _sandbox_port(value: str, key: str, deploy_to: str, local: bool, where: _Where) -> str:
+    """`{sandbox_port}` filled in for the local host; refused on an ssh host (it has no sandbox)."""
+    if SANDBOX_PORT not in value:
+        return value
+    if not local:
+        where.fail(key, f"{SANDBOX_PORT} is only for a local (sandbox) host; give an ssh host a real port")
+    return value.replace(SANDBOX_PORT, str(sandbox_port(deploy_to)))
+
+
+def _requirements(values: list[Any], key: str, where: _Where) -> tuple[str, ...]:
+    """pip requirement specifiers (`gunicorn==23.0.0`): one word each, never a pip option."""
+    for i, item in enumerate(_strings(values, key, where)):
+        if not item or item.startswith("-") or any(ch.isspace() for ch in item):
+            where.fail(f"{key}[{i}]", f"not a requirement specifier like \"gunicorn==23.0.0\": {_show(item)}")
+    return tuple(values)
 
 
 def _database(raw: dict[str, Any], key: str, where: _Where) -> DatabaseSettings:

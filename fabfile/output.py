@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .secret_rule import env_secrets, secret_forms, url_passwords
@@ -60,11 +62,16 @@ class Redactor:
 
 
 class Printer:
-    """Prints lines prefixed by host, redacted, at the chosen verbosity (0 quiet, 1, 2 verbose)."""
+    """Prints lines prefixed by host, redacted, at the chosen verbosity (0 quiet, 1, 2 verbose),
+    one whole line at a time from any thread. On a terminal, at normal verbosity, a step that
+    runs longer than a second shows one live status line with its elapsed seconds."""
 
-    def __init__(self, redact: Redactor | None = None, verbosity: int = 1) -> None:
+    def __init__(self, redact: Redactor | None = None, verbosity: int = 1, live: bool | None = None) -> None:
         self.redact = redact or Redactor()
         self.verbosity = verbosity
+        self.live = sys.stdout.isatty() if live is None else live
+        self._lock = threading.Lock()
+        self._status = ""  # the live line now on screen ("" when none)
 
     def line(self, text: str, host: str = "", level: int = 1, err: bool = False) -> None:
         if self.verbosity < level:
@@ -72,13 +79,48 @@ class Printer:
         prefix = f"[{host}] " if host else ""
         stream = sys.stderr if err else sys.stdout
         try:
-            for part in self.redact(text).splitlines() or [""]:
-                print(f"{prefix}{part}", file=stream, flush=True)
+            with self._lock:
+                self._clear()
+                for part in self.redact(text).splitlines() or [""]:
+                    print(f"{prefix}{part}", file=stream, flush=True)
         except BrokenPipeError:  # `fab ... | head`: the reader left; the deploy itself goes on
             self.verbosity = -1
 
     def error(self, text: str, host: str = "") -> None:
         self.line(text, host, level=0, err=True)
+
+    @contextlib.contextmanager
+    def status(self, text: str) -> Iterator[None]:
+        """While the block runs: `text ... Ns` on one rewritten line (terminal, verbosity 1 only)."""
+        if not self.live or self.verbosity != 1:
+            yield
+            return
+        done = threading.Event()
+        started = time.monotonic()
+
+        def tick() -> None:
+            while not done.wait(1.0):
+                with self._lock:
+                    self._status = f"{self.redact(text)} ... {time.monotonic() - started:.0f}s"
+                    sys.stdout.write(f"\r{self._status}\033[K")
+                    sys.stdout.flush()
+
+        thread = threading.Thread(target=tick, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
+            with self._lock:
+                self._clear()
+
+    def _clear(self) -> None:
+        """Erase the live line (caller holds the lock)."""
+        if self._status:
+            sys.stdout.write("\r\033[K")
+            sys.stdout.flush()
+            self._status = ""
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
@@ -88,3 +130,34 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+ERROR_LINE = re.compile(r"^(?:\w*(?:Error|Exception)\b|(?:\w+\.)+[A-Z]\w*:|ERROR\b|Error\b|FAILED\b)")
+
+
+def first_error(output: str) -> str:
+    """The first line that names an error (the root cause of a chained traceback), or ""."""
+    return next((line.strip() for line in output.splitlines() if ERROR_LINE.match(line.strip())), "")
+
+
+class LineStream:
+    """A file-like sink for a command's output that hands on complete lines as they come."""
+
+    def __init__(self, emit: Callable[[str], None]) -> None:
+        self.emit = emit
+        self.pending = ""
+
+    def write(self, data: str) -> int:
+        self.pending += data
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            self.emit(line)
+        return len(data)
+
+    def flush(self) -> None:
+        """Called after every write: a partial line waits for its end (see `close`)."""
+
+    def close(self) -> None:
+        if self.pending:
+            self.emit(self.pending)
+            self.pending = ""

@@ -17,6 +17,7 @@ from typing import IO
 import paramiko
 from fabric import Config, Connection
 from invoke import Context
+from invoke.exceptions import ThreadException
 from invoke.runners import Result
 
 from .errors import StepFailed
@@ -109,8 +110,11 @@ class Remote:
         """`cmd` under the host's busy flock (see `busy`), or as it is when there is none."""
         if not self.busy:
             return cmd
-        # -o: the command's children (a daemonized gunicorn) must not inherit the lock
-        return f"flock -o -w {BUSY_WAIT} {shlex.quote(self.busy)} bash -c {shlex.quote(cmd)}"
+        # -o: the command's children (a daemonized gunicorn) must not inherit the lock.
+        # trap: a dropped link (SIGHUP, then EPIPE on output) must not kill the script halfway:
+        # it runs to its end, and the undo, waiting on the same flock, finds the host settled.
+        script = "trap '' HUP PIPE\n" + cmd
+        return f"flock -o -w {BUSY_WAIT} {shlex.quote(self.busy)} bash -c {shlex.quote(script)}"
 
     def run(
         self, cmd: str, *, change: bool = True, warn: bool = False, timeout: float | None = None, show_output: bool = True,
@@ -129,7 +133,7 @@ class Remote:
         self.printer.line(f"$ {shown}", self.host, level=2)
         wire = self.serialized(cmd) if change and serialize else cmd
         try:
-            in_stream = io.StringIO(stdin) if stdin is not None else False
+            in_stream = _Stdin(stdin) if stdin is not None else False
             res = self.conn.run(wire, hide="stderr" if out_stream else True, warn=True, timeout=timeout, in_stream=in_stream,
                                 out_stream=out_stream)
         except paramiko.BadHostKeyException as exc:
@@ -146,6 +150,11 @@ class Remote:
             ) from None
         except ConnectionLost:
             raise
+        except ThreadException as exc:  # an I/O thread failed: sending stdin over a link that dropped
+            if not any(isinstance(e.value, OSError | EOFError | paramiko.SSHException) for e in exc.exceptions):
+                raise
+            self._drop()
+            raise ConnectionLost(f"{self.host}: ssh connection dropped while running: {_short(shown)}") from None
         except paramiko.SSHException as exc:
             self._drop()
             raise ConnectionLost(f"{self.host}: ssh failed: {exc}") from None
@@ -204,6 +213,13 @@ class Remote:
         """A fresh connection (after a dropped link or an interrupted command, before an undo)."""
         self.close()
         _ = self.conn
+
+
+class _Stdin(io.StringIO):
+    """invoke reads a stdin that is no terminal one character per 10 ms: hand it over whole."""
+
+    def read(self, size: int | None = -1) -> str:
+        return super().read()
 
 
 def _short(cmd: str, limit: int = 160) -> str:

@@ -40,6 +40,31 @@ def wheelhouse(tmp_path_factory) -> Path:
     return wheels
 
 
+def migrations_repo(repo: Path, later: dict[str, dict[str, str]]) -> Path:
+    """The sample app with its alembic migrations as git tags: v1 (0001), v2 (+0002: price), then
+    each tag of `later` adding its files to migrations/versions/."""
+    shutil.copytree(SAMPLE, repo, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "data"))
+    versions = repo / "migrations" / "versions"
+    price = (versions / "0002_price.py").read_text()
+    git(repo, "init", "-q", "-b", "main")
+
+    def commit(tag: str) -> None:
+        (repo / "VERSION").write_text(tag + "\n")
+        git(repo, "add", "-A")
+        git(repo, "commit", "-q", "-m", tag)
+        git(repo, "tag", tag)
+
+    (versions / "0002_price.py").unlink()
+    commit("v1")
+    (versions / "0002_price.py").write_text(price)
+    commit("v2")
+    for tag, files in later.items():
+        for name, text in files.items():
+            (versions / name).write_text(text)
+        commit(tag)
+    return repo
+
+
 @pytest.fixture(scope="session")
 def app_repo(tmp_path_factory) -> Path:
     """A git repo of the sample app with tags v1, v2, broken (unhealthy) and v3 (new requirements)."""

@@ -20,6 +20,7 @@ while the remote command, now an orphan, goes on (and finishes once released).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -27,7 +28,9 @@ import shlex
 import shutil
 import signal
 import socket
+import struct
 import subprocess
+import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -403,3 +406,24 @@ def leave_free(directory: Path, free_bytes: int) -> Path:
             except OSError:
                 break
     return filler
+
+
+# ------------------------------------------------------------------ what a paused command was sent
+
+
+def wait_stdin(paused: Paused, size: int, timeout: float = 30.0) -> None:
+    """Block until the stdin pipe of a paused command holds `size` bytes: what the client
+    sends on stdin (a password, the migration's env) has all arrived, so the command can
+    still run to its end as an orphan once the link is cut."""
+    fd = os.open(f"/proc/{paused.pid}/fd/0", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            queued = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+            if queued >= size:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the paused command's stdin holds {queued} of {size} bytes after {timeout}s")
+            time.sleep(0.02)
+    finally:
+        os.close(fd)

@@ -14,7 +14,7 @@ from fabfile.managers import boot_probe
 from fabfile.managers.boot_check import PROBE, boot_check_script, parse_probe
 from fabfile.managers.gunicorn import gunicorn_argv, handover_argv, manager_cmds, parse_markers, restart_script
 from fabfile.output import Redactor, table
-from fabfile.probes.http import curl_cmd, evaluate, json_field, parse_curl
+from fabfile.probes.http import curl_cmd, curl_config, evaluate, json_field, parse_curl
 from fabfile.release import new_release_id
 from fabfile.steps import host_state, lock, prune, release_log
 from fabfile.steps.deploy_code import (
@@ -212,10 +212,12 @@ def test_restart_markers_and_warnings():
 
 def test_boot_check_script_passes_the_probe_and_every_value_as_quoted_arguments():
     a = app("supervisor", app_module="wsgi:create_app()")
-    script = boot_check_script(a, L, "R1", "http://10.0.0.5/h?x=1&y=$(id)")
+    script = boot_check_script(a, L, "R1")
     assert script.startswith("cd '/srv/my app/releases/R1' && exec timeout -k 2 40 ")
+    # the health URL (it may hold a secret) goes on stdin, never on the command line
     assert shlex.split(script)[8:] == ["/srv/my app/releases/R1/.venv/bin/python", "-c", PROBE, "wsgi:create_app()",
-                                       "http://10.0.0.5/h?x=1&y=$(id)", "30", "5"]
+                                       "30", "5"]
+    assert "10.0.0.5" not in script and "/h" not in shlex.split(script)[-3:]
     assert subprocess.run(["sh", "-n", "-c", script]).returncode == 0
 
 
@@ -335,8 +337,8 @@ def test_health_evaluate_and_curl():
     assert evaluate(hj, 200, "<html>") == (False, "body is not JSON; body: '<html>'")
     assert evaluate(replace(h, body="hello"), 200, "bye")[1] == "body does not contain 'hello'; body: 'bye'"
     assert json_field({"a": {"b": 1}}, "a.b") == 1 and json_field({}, "a.b") is None
-    assert curl_cmd("http://127.0.0.1:8000/h", 5) == \
-        "curl -sS --max-time 5 -w '\n__SHIPFAB_STATUS__ %{http_code}' http://127.0.0.1:8000/h"
+    assert curl_cmd(5) == "curl -sS --max-time 5 -w '\n__SHIPFAB_STATUS__ %{http_code}' --config -"
+    assert curl_config('http://h/x?a="b"') == 'url = "http://h/x?a=\\"b\\""\n'  # the URL on stdin, curl-quoted
     assert parse_curl("ok body\n__SHIPFAB_STATUS__ 200") == (200, "ok body")
     assert parse_curl("\n__SHIPFAB_STATUS__ 000") == (None, "")
 
@@ -394,3 +396,13 @@ def test_preflight_facts_script_runs_read_only(tmp_path):
     assert "abc" not in out and "x y" not in out  # values never leave the host
     assert facts["lock"] == ["free"] and facts["pyver"][0].count(".") == 2
     assert sorted(p.name for p in root.rglob("*")) == before
+
+
+def test_restart_failure_names_gunicorns_own_error_not_the_script():
+    from fabfile.managers.gunicorn import failure_message
+
+    log = ("gunicorn is not serving release R2: master=none, 0 workers\n[ERROR] Exception in worker process\n"
+           "Traceback (most recent call last):\n  File \"app.py\", line 1\nModuleNotFoundError: No module named 'nope'\n")
+    msg = failure_message("web1", "R2", log)
+    assert msg.startswith("web1: gunicorn did not serve release R2: ModuleNotFoundError: No module named 'nope'\n")
+    assert "alive()" not in msg and "pid_of" not in msg  # never the shell script

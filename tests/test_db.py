@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import psycopg2
 import pytest
 
-from .conftest import FAB, REPO, SAMPLE, World, _stop_pidfile_gunicorn, git
+from .conftest import FAB, REPO, World, _stop_pidfile_gunicorn, migrations_repo
 from .pg import PostgreSQL, dump_state, pgvector_bindir
 
 pytestmark = pytest.mark.integration
@@ -74,26 +74,8 @@ def postgres():
 @pytest.fixture(scope="session")
 def db_repo(tmp_path_factory) -> Path:
     """The sample app with its migrations: v1 (0001), v2 (+0002: price), v3 (+0003, 0004 failing)."""
-    repo = tmp_path_factory.mktemp("dbrepo")
-    shutil.copytree(SAMPLE, repo, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "data"))
-    versions = repo / "migrations" / "versions"
-    price = (versions / "0002_price.py").read_text()
-    git(repo, "init", "-q", "-b", "main")
-
-    def commit(tag: str) -> None:
-        (repo / "VERSION").write_text(tag + "\n")
-        git(repo, "add", "-A")
-        git(repo, "commit", "-q", "-m", tag)
-        git(repo, "tag", tag)
-
-    (versions / "0002_price.py").unlink()
-    commit("v1")
-    (versions / "0002_price.py").write_text(price)
-    commit("v2")
-    (versions / "0003_audit.py").write_text(MIGRATION_0003)
-    (versions / "0004_broken.py").write_text(MIGRATION_0004)
-    commit("v3")
-    return repo
+    return migrations_repo(tmp_path_factory.mktemp("dbrepo"),
+                           {"v3": {"0003_audit.py": MIGRATION_0003, "0004_broken.py": MIGRATION_0004}})
 
 
 @pytest.fixture
@@ -162,7 +144,7 @@ def test_group_deploy_migrates_once_restores_a_failed_migration_and_rolls_back_w
     out = Outputs()
 
     first = ok(out.fab(dbworld, "-H", "prod", "deploy", "--ref", "v1"))
-    assert first.index("[web2] lock") < first.index("[web1] lock")  # the primary goes first
+    assert first.index("[web2] deploy_code") < first.index("[web1] deploy_code")  # the primary goes first
     assert "skipped: migrations run once on web2 (primary)" in first
     assert first.count("Running upgrade  -> 0001") == 1
     db = app_db(postgres, "group")

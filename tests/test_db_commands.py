@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from fabfile import output
 from fabfile.db import (
     DbConn,
     confirm,
@@ -270,18 +271,18 @@ def test_a_failed_migration_names_its_first_error_line():
                "psycopg2.errors.UndefinedTable: relation \"nope\" does not exist\n\n"
                "The above exception was the direct cause of the following exception:\n\n"
                "sqlalchemy.exc.ProgrammingError: (psycopg2.errors.UndefinedTable) relation \"nope\" does not exist\n")
-    assert m.first_error(chained) == 'psycopg2.errors.UndefinedTable: relation "nope" does not exist'
-    assert m.first_error("Traceback (most recent call last):\nModuleNotFoundError: No module named 'flask_migrate'\n") \
+    assert output.first_error(chained) == 'psycopg2.errors.UndefinedTable: relation "nope" does not exist'
+    assert output.first_error("Traceback (most recent call last):\nModuleNotFoundError: No module named 'flask_migrate'\n") \
         == "ModuleNotFoundError: No module named 'flask_migrate'"
-    assert m.first_error("Usage: flask [OPTIONS]\nError: No such command 'db'.\n") == "Error: No such command 'db'."
-    assert m.first_error("ERROR [alembic.util.messaging] Can't locate revision identified by 'ff'\n").startswith("ERROR")
-    assert m.first_error("all fine\nbash: line 1: alembic: command not found\n") == ""
+    assert output.first_error("Usage: flask [OPTIONS]\nError: No such command 'db'.\n") == "Error: No such command 'db'."
+    assert output.first_error("ERROR [alembic.util.messaging] Can't locate revision identified by 'ff'\n").startswith("ERROR")
+    assert output.first_error("all fine\nbash: line 1: alembic: command not found\n") == ""
     assert m.output_tail("\n".join(str(i) for i in range(30)), 3) == "27\n28\n29"
 
 
 def test_migration_output_is_handed_on_line_by_line_as_it_comes():
     lines: list[str] = []
-    stream = m.LineStream(lines.append)
+    stream = output.LineStream(lines.append)
     stream.write("Running upgrade 0001")
     assert lines == []
     stream.write(" -> 0002\nRunning upgrade 0002 -> 0003\npartial")

@@ -249,9 +249,13 @@ def test_unknown_host_key_is_refused(world):
     res = world.fab("-H", "web1", "deploy", "--ref", "v1")
     assert res.returncode == 4 and "unknown host key" in res.stdout + res.stderr  # pre-flight: nothing changed
     assert host.releases() == []
+    res = world.fab("-H", "web1", "check")  # `check` answers as the deploy does (README: exit codes)
+    assert res.returncode == 4 and "unknown host key" in res.stdout + res.stderr
     host.sshd.stop()  # an unreachable host is a pre-flight failure too, blamed on the right host
     res = world.fab("-H", "web1", "deploy", "--ref", "v1")
     assert res.returncode == 4 and "preflight_failed" in res.stdout and "web1" in res.stdout
+    res = world.fab("-H", "web1", "check")
+    assert res.returncode == 4 and "unreachable" in res.stdout and "Traceback" not in res.stdout + res.stderr
 
 
 def test_health_check_with_curl_on_the_host(world):

@@ -161,7 +161,7 @@ CUTS = {
     "switch": Cut("flock", r"mv -T", "inside"),
     "restart": Cut("flock", r"supervisorctl", "inside"),
     # the health probe as curl on the host: a cut may be retried (0) or undone (1)
-    "health": Cut("curl", r"/health", "before", codes=(0, 1, 2), health_via_host=True),
+    "health": Cut("curl", r"--config -", "before", codes=(0, 1, 2), health_via_host=True),
     "log": Cut("flock", r"releases\.jsonl", "inside", codes=(0, 1, 2)),
     # the lock's removal, whichever command does it
     "unlock": Cut("rm rmdir", r"\.shipfab/lock(/owner\.json)?/?$", "before", codes=(0, 1, 2)),

@@ -33,10 +33,11 @@ def time_limit(app: App) -> float:
     return app.gunicorn.timeout + app.health.request_timeout + GRACE
 
 
-def boot_check_script(app: App, layout: Layout, release_id: str, url: str) -> str:
-    """cd into the release and run the probe with the release's python, under timeout(1)."""
+def boot_check_script(app: App, layout: Layout, release_id: str) -> str:
+    """cd into the release and run the probe with the release's python, under timeout(1).
+    The health URL goes on its stdin: it may hold a secret, and a command line is public."""
     rel = layout.release(release_id)
-    args = [app.gunicorn.app_module, url, f"{app.gunicorn.timeout:g}", f"{app.health.request_timeout:g}"]
+    args = [app.gunicorn.app_module, f"{app.gunicorn.timeout:g}", f"{app.health.request_timeout:g}"]
     return (f"cd {q(rel)} && exec timeout -k 2 {time_limit(app):g} {q(rel + '/.venv/bin/python')} -c {q(PROBE)} "
             + shlex.join(args))
 
@@ -61,7 +62,8 @@ def boot_check(remote: Remote, app: App, layout: Layout, release_id: str) -> str
         remote.printer.line(f"would check: {release_id} imports {app.gunicorn.app_module} and answers GET {path}",
                             remote.host, level=0)
         return "dry-run"
-    res = remote.run(boot_check_script(app, layout, release_id, url), warn=True, timeout=time_limit(app) + 15)
+    res = remote.run(boot_check_script(app, layout, release_id), warn=True, timeout=time_limit(app) + 15,
+                     stdin=url + "\n")
     found = parse_probe(res.stdout)
     where = f"{remote.host}: release {release_id}"
     if found is None:
@@ -73,7 +75,7 @@ def boot_check(remote: Remote, app: App, layout: Layout, release_id: str) -> str
         trace = "".join(f"\n    {line}" for line in info["trace"])
         what = "does not import" if info["phase"] == "import" else f"fails on GET {path}"
         raise StepFailed(f"{where} {what} ({app.gunicorn.app_module}): {info['error']}{trace}")
-    ok, reason = evaluate(app.health, info["status"], info["body"])
+    ok, reason = evaluate(app.health, info["status"], info["body"], remote.printer.redact)
     if not ok:
         raise StepFailed(f"{where} imports, but GET {path} in process answers {reason}")
     return f"imports and answers {path} {info['status']} in {info['seconds']:.2f} s"

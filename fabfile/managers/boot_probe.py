@@ -4,7 +4,8 @@ WSGI app as gunicorn would (`gunicorn.util.import_app`), then call it in process
 of the health URL. Prints one JSON line on stdout, `BOOT_RESULT {status, body, seconds}`
 or `BOOT_ERROR {phase, error, trace, seconds}`; the app's own output goes to stderr.
 
-argv: app_module, url, import_seconds, request_seconds. Standard library only (+ gunicorn).
+argv: app_module, import_seconds, request_seconds; stdin: the URL (it may hold a secret).
+Standard library only (+ gunicorn).
 """
 
 import json
@@ -76,7 +77,8 @@ def _describe(exc: BaseException) -> dict:
 
 
 def main() -> str:
-    module, url, import_seconds, request_seconds = sys.argv[1:5]
+    module, import_seconds, request_seconds = sys.argv[1:4]
+    url = sys.stdin.readline().rstrip("\n")
     started = time.monotonic()
     phase = "import"
     try:

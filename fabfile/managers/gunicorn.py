@@ -27,6 +27,7 @@ import shlex
 from ..errors import StepFailed
 from ..inventory import App
 from ..layout import Layout
+from ..output import first_error
 from ..remote import Remote
 from .boot_check import boot_check
 
@@ -228,17 +229,24 @@ def parse_markers(out: str) -> tuple[dict[str, str], list[str]]:
     return marks, warnings
 
 
+def failure_message(host: str, release_id: str, stderr: str) -> str:
+    """gunicorn's own error first (the first exception line of its log tail), then the tail."""
+    cause = first_error(stderr) or "no error line in gunicorn's log"
+    tail = "\n".join(stderr.strip().splitlines()[-8:])
+    return f"{host}: gunicorn did not serve release {release_id}: {cause}\n{tail}"
+
+
 def restart_gunicorn(remote: Remote, app: App, layout: Layout, release_id: str, *, full: bool = False) -> str:
     """Start, reload or restart gunicorn and confirm its workers run `release_id`."""
     script = restart_script(app, layout, release_id, full)
-    out = remote.run(script, timeout=app.gunicorn.restart_timeout * 4 + 30).stdout
+    res = remote.run(script, timeout=app.gunicorn.restart_timeout * 4 + 30, warn=True)
     if remote.dry_run:
         return "dry-run"
-    marks, warnings = parse_markers(out)
+    marks, warnings = parse_markers(res.stdout)
     for warning in warnings:
         remote.printer.line(f"warning: {warning}", remote.host, level=0)
-    if "SERVING" not in marks:
-        raise StepFailed(f"{remote.host}: gunicorn did not confirm release {release_id}: {out.strip()[-300:]}")
+    if not res.ok or "SERVING" not in marks:
+        raise StepFailed(failure_message(remote.host, release_id, remote.printer.redact(res.stderr or res.stdout)))
     action = marks.get("ACTION", "?")
     if action == "restart" and app.gunicorn.manager in HANDOVER_MANAGERS:
         action += " with handover" if "HANDOVER" in marks else " without handover"

@@ -9,6 +9,7 @@ import shlex
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,8 +34,14 @@ def health_url(health: HealthSettings, target: Target) -> str:
     return health.url.replace("{hostname}", target.hostname)
 
 
-def curl_cmd(url: str, request_timeout: float) -> str:
-    return f"curl -sS --max-time {request_timeout:g} -w {q(STATUS_MARK + '%{http_code}')} {q(url)}"
+def curl_cmd(request_timeout: float) -> str:
+    """curl reads the URL from a config on stdin (`curl_config`): it may hold a secret."""
+    return f"curl -sS --max-time {request_timeout:g} -w {q(STATUS_MARK + '%{http_code}')} --config -"
+
+
+def curl_config(url: str) -> str:
+    """The curl config line naming the URL (quoted as curl's config syntax wants)."""
+    return 'url = "' + url.replace("\\", "\\\\").replace('"', '\\"') + '"\n'
 
 
 def parse_curl(stdout: str) -> tuple[int | None, str]:
@@ -54,9 +61,12 @@ def json_field(data: Any, dotted: str) -> Any:
     return data
 
 
-def evaluate(health: HealthSettings, status: int | None, body: str) -> tuple[bool, str]:
-    """Does this answer count as healthy? The reason says what was expected and found."""
-    excerpt = " ".join(body.split())[:200]
+def evaluate(health: HealthSettings, status: int | None, body: str,
+             mask: Callable[[str], str] | None = None) -> tuple[bool, str]:
+    """Does this answer count as healthy? The reason says what was expected and found.
+    `mask` (the redaction filter) runs on the body before its excerpt is cut and quoted:
+    afterwards a secret would be half gone or escaped twice, and no longer recognized."""
+    excerpt = " ".join((mask(body) if mask else body).split())[:200]
     if status is None:
         return False, f"no HTTP answer: {excerpt or 'connection failed'}"
     if status != health.status:
@@ -92,13 +102,13 @@ def probe_once(remote: Remote, target: Target) -> Probe:
     url = health_url(health, target)
     started = time.monotonic()
     if health.via == "host":
-        res = remote.run(curl_cmd(url, health.request_timeout), change=False, warn=True)
+        res = remote.run(curl_cmd(health.request_timeout), change=False, warn=True, stdin=curl_config(url))
         status, body = parse_curl(res.stdout)
         if status is None and res.stderr.strip():
             body = res.stderr.strip()
     else:
         status, body = http_get(url, health.request_timeout)
-    ok, detail = evaluate(health, status, body)
+    ok, detail = evaluate(health, status, body, remote.printer.redact)
     return Probe(ok=ok, status=status, latency=time.monotonic() - started, detail=detail)
 
 

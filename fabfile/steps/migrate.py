@@ -13,13 +13,12 @@ a failure names its first error line (the real cause), then the last lines.
 from __future__ import annotations
 
 import json
-import re
 import shlex
-from collections.abc import Callable
 
 from ..db import DbConn
 from ..errors import StepFailed
 from ..layout import Layout
+from ..output import LineStream, first_error
 from ..remote import Remote
 
 q = shlex.quote
@@ -39,7 +38,6 @@ os.environ["PATH"] = os.path.join(venv, "bin") + os.pathsep + os.environ.get("PA
 os.execvp("bash", ["bash", "-c", sys.argv[2]])
 """
 # `ModuleNotFoundError: ...`, `psycopg2.errors.UndefinedTable: ...`, `ERROR [alembic...] ...`, `Error: ...`
-ERROR_LINE = re.compile(r"^(?:\w*(?:Error|Exception)\b|(?:\w+\.)+[A-Z]\w*:|ERROR\b|Error\b|FAILED\b)")
 
 
 class MigrationFailed(StepFailed):
@@ -68,36 +66,8 @@ def launcher_stdin(conn: DbConn, app_env: dict[str, str]) -> str:
     return json.dumps({"env": {**pg_env(conn), **app_env}}) + "\n"
 
 
-def first_error(output: str) -> str:
-    """The first line that names an error (the root cause of a chained traceback), or ""."""
-    return next((line.strip() for line in output.splitlines() if ERROR_LINE.match(line.strip())), "")
-
-
 def output_tail(output: str, lines: int = 6) -> str:
     return "\n".join(output.strip().splitlines()[-lines:])
-
-
-class LineStream:
-    """A file-like sink for a command's output that hands on complete lines as they come."""
-
-    def __init__(self, emit: Callable[[str], None]) -> None:
-        self.emit = emit
-        self.pending = ""
-
-    def write(self, data: str) -> int:
-        self.pending += data
-        *lines, self.pending = self.pending.split("\n")
-        for line in lines:
-            self.emit(line)
-        return len(data)
-
-    def flush(self) -> None:
-        """Called after every write: a partial line waits for its end (see `close`)."""
-
-    def close(self) -> None:
-        if self.pending:
-            self.emit(self.pending)
-            self.pending = ""
 
 
 def migrate(remote: Remote, conn: DbConn, layout: Layout, release_id: str, command: str, python: str,

@@ -1,5 +1,6 @@
 """pip_sync: the release's virtualenv, keyed by a hash of requirements + python version
-(+ wheelhouse).
+(+ wheelhouse, + the app's `extra_requirements`, installed after requirements.txt: the
+server pieces an app's own requirements lack, such as gunicorn).
 
 A venv is built in its own directory `venvs/<hash>.build-<release>` and becomes
 `venvs/<hash>` (a symlink, swapped in atomically with `mv -T`) only once pip finished: a
@@ -14,27 +15,32 @@ import shlex
 
 from ..inventory import App
 from ..layout import Layout
+from ..output import LineStream
 from ..release import Release
 from ..remote import Remote
 
 q = shlex.quote
 
 
-def sync_script(layout: Layout, release_id: str, python: str, wheelhouse: str) -> str:
-    """One round trip: hash, reuse-or-build, link `<release>/.venv`."""
+def sync_script(layout: Layout, release_id: str, python: str, wheelhouse: str, extra: tuple[str, ...] = ()) -> str:
+    """One round trip: hash, reuse-or-build, link `<release>/.venv`. pip's output goes to
+    stdout (streamed with -v); `extra` joins the hash only when there is any (old venvs stay valid)."""
     rel = layout.release(release_id)
     req = q(f"{rel}/requirements.txt")
     index = f"--no-index --find-links {q(wheelhouse)} " if wheelhouse else ""
     py = q(python)
-    return "\n".join([
-        f"h=$({{ cat {req} 2>/dev/null; {py} -c 'import sys; print(sys.version)'; echo {q(wheelhouse)}; }}"
-        " | sha256sum | cut -c1-16) || exit 1",
+    pip = f'"$b/bin/pip" install --disable-pip-version-check {index}'
+    extras = " ".join(map(q, extra))
+    return "\n".join([  # python -I -S: no site import (faster), the same sys.version, so the same hash
+        f"h=$({{ cat {req} 2>/dev/null; {py} -I -S -c 'import sys; print(sys.version)'; echo {q(wheelhouse)};"
+        f"{f' echo extra {q(extras)};' if extra else ''} }} | sha256sum | cut -c1-16) || exit 1",
         f"v={q(layout.venvs)}/$h; b=$v.build-{q(release_id)}",
         # a venv of shipfab < 2 is a directory with a completion marker
         'if { [ -L "$v" ] && [ -e "$v/bin/python" ]; } || [ -f "$v/.shipfab-complete" ]; then echo "REUSED $h"',
         "else",
         f'  rm -rf "$b" && mkdir -p {q(layout.venvs)} && {py} -m venv "$b" &&',
-        f'  {{ [ ! -f {req} ] || "$b/bin/pip" install --disable-pip-version-check -q {index}-r {req}; }} &&',
+        f'  {{ [ ! -f {req} ] || {pip}-r {req}; }} &&',
+        *([f"  {pip}{extras} &&"] if extra else []),
         '  ln -sfn "$(basename "$b")" "$v.tmp" && rm -rf "$v" && mv -T "$v.tmp" "$v" ||',
         '  { rc=$?; rm -rf "$b" "$v.tmp"; echo "venv build failed (exit $rc)" >&2; exit $rc; }',
         '  echo "BUILT $h"',
@@ -59,8 +65,12 @@ def parse_sync(stdout: str) -> tuple[str, bool]:
 
 
 def pip_sync(remote: Remote, app: App, layout: Layout, release: Release) -> str:
-    """Make sure the release has its venv; returns 'reused' or 'built'."""
-    out = remote.run(sync_script(layout, release.id, app.python, app.wheelhouse)).stdout
+    """Make sure the release has its venv; returns 'reused' or 'built'. With -v pip's lines
+    stream as they come, prefixed with the host."""
+    stream = LineStream(lambda line: remote.printer.line(line, remote.host, level=2))
+    script = sync_script(layout, release.id, app.python, app.wheelhouse, app.extra_requirements)
+    out = remote.run(script, show_output=False, out_stream=stream).stdout
+    stream.close()
     if remote.dry_run:
         return "dry-run"
     release.venv_hash, built = parse_sync(out)

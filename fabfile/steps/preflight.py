@@ -70,7 +70,8 @@ def facts_cmd(app: App, layout: Layout) -> str:
         "echo \"mem $(awk '/^MemAvailable:/ {print $2}' /proc/meminfo)\"",
         f"for b in {' '.join(q(b) for b in required_binaries(app))}; do "
         "printf 'bin %s %s\\n' \"$b\" \"$(command -v \"$b\" || echo -)\"; done",
-        f"echo \"pyver $({q(app.python)} -c 'import sys; print(\"%d.%d.%d\" % sys.version_info[:3])' 2>/dev/null"
+        # -I -S: no site import (half the cost of this fact), same answer
+        f"echo \"pyver $({q(app.python)} -I -S -c 'import sys; print(\"%d.%d.%d\" % sys.version_info[:3])' 2>/dev/null"
         " || echo -)\"",
         f"if [ -f {q(layout.shared + '/.env')} ]; then echo env present; "
         f"awk {q(ENV_KEYS_AWK)} {q(layout.shared + '/.env')}; else echo env missing; fi",
