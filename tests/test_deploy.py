@@ -135,6 +135,7 @@ def test_unknown_release_id_lists_valid_ones(world):
     res = world.fab("-H", "web1", "rollback", "--to", "20990101T000000Z")
     assert res.returncode == 64
     assert "unknown release '20990101T000000Z'; valid ids: (none)" in res.stderr
+    assert res.stdout == "" and len(res.stderr.strip().splitlines()) == 1  # one line, no lock line, no tables
     assert "Traceback" not in res.stdout + res.stderr
     assert not host.lock_held()
 

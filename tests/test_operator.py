@@ -159,6 +159,12 @@ def test_env_push_diff_validation_and_previous_copy(world):
     assert (shared / ".env").read_text() == "B=3333\nC=4444\n"
     assert (shared / ".env.previous").read_text() == "A=1111\nB=2222\n"
     assert (shared / ".env").stat().st_mode & 0o777 == 0o600
+    # FILE defaults to .env (README: `env.push [FILE]`, `env.diff [FILE]`)
+    (world.tmp / ".env").write_text("B=3333\nD=5555\n")
+    out = ok(world.fab("-H", "web1", "env.diff"))
+    assert "added: D; removed: C" in out and "5555" not in out
+    ok(world.fab("-H", "web1", "env.push"))
+    assert (shared / ".env").read_text() == "B=3333\nD=5555\n"
 
 
 def test_host_keys_unknown_then_trusted_then_changed(world):
