@@ -58,3 +58,19 @@ def test_a_long_pip_sync_shows_elapsed_seconds_on_a_terminal(world):
     text = out.decode(errors="replace")
     assert "\r[web1] pip_sync ... 1s\x1b[K" in text
     assert "pip_sync        ok" in text and "deploy: ok" in text
+
+
+def test_with_v_pip_output_streams_prefixed_with_the_host_while_it_runs(world):
+    """-v: pip's lines arrive as pip prints them, not all at the end of the step."""
+    world.add_host("web1", manager="pidfile")
+    proc = world.popen_fab("-H", "web1", "deploy", "--ref", "v3", "-v")
+    arrivals: list[tuple[float, str]] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        arrivals.append((time.monotonic(), line.rstrip("\n")))
+    assert proc.wait(60) == 0, "\n".join(text for _, text in arrivals)
+    pip_lines = [(t, text) for t, text in arrivals if text.startswith("[web1] ") and
+                 ("Processing " in text or "Looking in links" in text or "Installing collected" in text)]
+    done = next(t for t, text in arrivals if text.startswith("[web1] pip_sync") and " ok " in text)
+    assert pip_lines, "no pip output with -v"
+    assert done - pip_lines[0][0] > 0.3  # the first pip line came while pip still worked
