@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote, urlsplit
 
@@ -90,14 +91,18 @@ def merge_settings(db: DatabaseSettings, url: dict[str, str | int], shared: str)
     )
 
 
-def connection(remote: Remote, target: Target) -> DbConn:
-    """The database of `target` (reads DATABASE_URL from its shared/.env when allowed); its
-    password is masked in all output from here on."""
+def connection(remote: Remote, target: Target, env: Mapping[str, str] | None = None) -> DbConn:
+    """The database of `target` (DATABASE_URL from its shared/.env when allowed: `env`, the .env
+    already read with the host's state, else read now); its password is masked in all output
+    from here on."""
     db = target.app.database
     if db is None:
         raise UsageError(f"{remote.host}: app {target.app.name!r} has no [apps.{target.app.name}.database] settings")
     layout = Layout(target.app.deploy_to)
-    url = read_remote_env(remote, layout).get("DATABASE_URL", "") if db.engine != "sqlite" and db.url_from_env else ""
+    if db.engine != "sqlite" and db.url_from_env:
+        url = (env if env is not None else read_remote_env(remote, layout)).get("DATABASE_URL", "")
+    else:
+        url = ""
     conn = merge_settings(db, parse_database_url(url) if url else {}, layout.shared)
     remote.printer.redact.add([conn.password, quote(conn.password, safe="")])
     if conn.engine != "sqlite" and not conn.name:

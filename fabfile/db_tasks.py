@@ -41,7 +41,7 @@ def _each_database_host(c: object, name: str, what: str, body: Callable[[HostRun
             raise UsageError(f"{run.remote.host}: app {run.app.name!r} has no [apps.{run.app.name}.database] settings")
         if not handles_database(run.target, run.primary):
             return f"skipped: {what} on {run.primary} (primary; the database is shared)"
-        return body(run, connection(run.remote, run.target))
+        return body(run, connection(run.remote, run.target, run.state.env))
 
     on_each_host(c, printer, options, name, step)
 

@@ -63,7 +63,7 @@ def backup_step(run: HostRun) -> str:
         return skip
     if run.options.skip_backup:
         return "skipped (--skip-backup): this release has no snapshot, a failed migration cannot be undone"
-    conn = connection(run.remote, run.target)
+    conn = connection(run.remote, run.target, app_env(run))
     snap = take_snapshot(run.remote, conn, run.app.python, run.layout, run.release.id)
     if snap is None:
         return f"no database yet at {conn.path}: nothing to back up"
@@ -78,7 +78,7 @@ def migrate_step(run: HostRun) -> str:
     db = run.app.database
     if skip or db is None or not db.migrate:
         return skip or "no migrate command configured"
-    conn = connection(run.remote, run.target)
+    conn = connection(run.remote, run.target, app_env(run))
     before = fingerprint(run.remote, conn, run.app.python)
     taken = run.release.backup_at
     window = f"snapshot {before.at - taken:.1f} s before the migration" if taken else "no snapshot before the migration"
@@ -149,7 +149,7 @@ def prepare_rollback(runs: list[HostRun], yes: bool) -> None:
         if record is None:
             raise UsageError(f"{run.host}: no database snapshot was taken while {target} was serving, so "
                              f"there is none to go back to; roll back without --with-db")
-        conn = connection(run.remote, run.target)
+        conn = connection(run.remote, run.target, app_env(run))
         snap = check_snapshot(run.remote, conn, run.app.python, run.layout, snapshot_id(record["backup"]))
         plans.append(f"{run.host}: {conn.label()} from {snap.path}: {snap.lost_writes()}")
     if not plans:
@@ -170,7 +170,7 @@ def after_rollback(run: HostRun, left: str, target: str, with_db: bool) -> str:
         record = rollback_snapshot(records, left, target)
         if record is None:  # checked by prepare_rollback under the same lock
             raise StepFailed(f"{run.host}: no snapshot to restore for {target}")
-        conn = connection(run.remote, run.target)
+        conn = connection(run.remote, run.target, app_env(run))
         detail = restore_db(run.remote, conn, run.app.python, run.layout, snapshot_id(record["backup"]))
         run.release.backup = str(record["backup"])
         return detail

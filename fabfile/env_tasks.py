@@ -53,7 +53,7 @@ def push(c, file=".env", restart=False, dry_run=False):
         options = Options(dry_run=dry_run)
 
         def step(run: HostRun) -> str:
-            old = env_file.read_remote_env(run.remote, run.layout)
+            old = run.state.env
             env_file.push(run.remote, run.layout, file, f"{os.getpid()}")
             detail = _describe(env_diff(old, new))
             if restart and run.state.current:
@@ -76,7 +76,7 @@ def diff(c, file=".env"):
         printer = printer_for()
 
         def step(run: HostRun) -> str:
-            return _describe(env_diff(env_file.read_remote_env(run.remote, run.layout), new))
+            return _describe(env_diff(run.state.env, new))
 
         return fleet.each_host(_targets(c, printer, new), printer, Options(), "env.diff", step, locked=False)
 

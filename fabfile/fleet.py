@@ -135,7 +135,7 @@ def preflight_passed(runs: list[HostRun], facts: dict[str, str], printer: Printe
         return True
     for run in runs:
         run.checks = checks_from(run.remote, run.target, facts.get(run.host, ""), options.ref,
-                                 locked_by_us=bool(run.lock_token) or options.dry_run)
+                                 locked_by_us=bool(run.lock_token) or options.dry_run, state=run.state)
     print_checks(runs, printer, always_show)
     bad = [run for run in runs if any(not c.ok and not c.warning for c in run.checks)]
     for run in bad:

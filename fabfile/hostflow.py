@@ -9,7 +9,6 @@ host as it finds it. Exit codes: see errors.py.
 
 from __future__ import annotations
 
-import shlex
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,8 +22,6 @@ from .stacks.base import Step
 from .steps import lock, release_log
 from .steps.backup_db import SUFFIXES
 from .steps.prune import prune_cmd
-
-q = shlex.quote
 
 
 def now() -> str:

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..context import Check
+from ..context import Check, HostState
 from ..db import DbConn, connection
 from ..errors import ShipfabError
 from ..inventory import DbChecks, Target
@@ -306,25 +306,31 @@ def current_release(remote: Remote, target: Target) -> str:
     return state.current
 
 
-def run_checks(remote: Remote, target: Target, release_id: str | None = None) -> list[Check]:
+def run_checks(remote: Remote, target: Target, release_id: str | None = None,
+               state: HostState | None = None) -> list[Check]:
     """All database checks of the target's app ([] when it has no database); never raises.
-    Migrations are compared with `release_id` (default: the current release)."""
+    Migrations are compared with `release_id` (default: the current release). `state`: the
+    host's state when the caller has read it already (its .env and `current` are not read again)."""
     db = target.app.database
     if db is None:
         return []
+
+    def deployed() -> str:
+        return state.current if state is not None else current_release(remote, target)
+
     try:
-        conn = connection(remote, target)
+        conn = connection(remote, target, state.env if state is not None else None)
         facts = gather(remote, target, conn)
     except (ShipfabError, OSError, ValueError) as exc:
         return [Check("database", False, f"cannot connect: {' '.join(str(exc).split()) or type(exc).__name__}")]
     if facts is None:
-        if not current_release(remote, target):  # a first deploy creates it
+        if not deployed():  # a first deploy creates it
             return [Check("database", True, f"no SQLite file yet ({conn.path}); nothing is deployed")]
         return [Check("database", False, f"expected a SQLite database, found no file {conn.path}")]
     results = [Check("database", True, f"{facts.server}, {conn.label()}")] + evaluate(db.checks, facts)
     if db.checks.alembic:
         layout = Layout(target.app.deploy_to)
-        release = release_id or current_release(remote, target)
+        release = release_id or deployed()
         if not release:
             return results + [Check("migrations", True, "nothing deployed yet: nothing to compare with")]
         try:

@@ -13,7 +13,7 @@ import shlex
 import subprocess
 import time
 
-from ..context import Check
+from ..context import Check, HostState
 from ..errors import ShipfabError
 from ..inventory import App, Target
 from ..layout import Layout
@@ -171,8 +171,10 @@ def commits_ahead(app: App, current_revision: str, ref: str) -> str:
     return res.stdout.strip() if res.returncode == 0 else ""
 
 
-def checks_from(remote: Remote, target: Target, out: str, ref: str | None, locked_by_us: bool) -> list[Check]:
-    """The checks for facts already gathered (`out`), plus the database checks."""
+def checks_from(remote: Remote, target: Target, out: str, ref: str | None, locked_by_us: bool,
+                state: HostState | None = None) -> list[Check]:
+    """The checks for facts already gathered (`out`), plus the database checks (given the
+    host's `state` when it was read with the facts)."""
     facts = parse_facts(out)
     if locked_by_us:
         facts["lock"] = ["free"]
@@ -180,7 +182,7 @@ def checks_from(remote: Remote, target: Target, out: str, ref: str | None, locke
     how = "local sandbox (no ssh)" if target.local else "reachable"
     checks = [Check("ssh", True, how)]
     return checks + evaluate(target.app, facts, commits_ahead(target.app, revision, ref or target.app.branch)) \
-        + db_checks.run_checks(remote, target)
+        + db_checks.run_checks(remote, target, state=state)
 
 
 def run_checks(remote: Remote, target: Target, ref: str | None = None) -> list[Check]:
