@@ -40,6 +40,20 @@ def wheelhouse(tmp_path_factory) -> Path:
     return wheels
 
 
+# After 0003 committed, 0004 changes rows and fails: the schema is half-migrated.
+MIGRATION_0004 = '''"""A migration that fails half-way, after 0003 committed."""
+from alembic import op
+
+revision = "0004"
+down_revision = "0003"
+
+
+def upgrade():
+    op.execute("UPDATE items SET price = 0")
+    raise RuntimeError("0004 failed half-way: prices cannot be zero")
+'''
+
+
 def migrations_repo(repo: Path, later: dict[str, dict[str, str]]) -> Path:
     """The sample app with its alembic migrations as git tags: v1 (0001), v2 (+0002: price), then
     each tag of `later` adding its files to migrations/versions/."""
@@ -221,19 +235,24 @@ def _inline(d: dict) -> str:
     return "{ " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in d.items()) + " }"
 
 
+def pids_with(marker: str) -> list[int]:
+    """Processes whose command line contains `marker`."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker.encode() in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
 def _stop_pidfile_gunicorn(host: Host) -> None:
     """gunicorn daemonized by the pidfile manager outlives sshd: stop every process run from the deploy dir."""
     import signal
     import time
 
-    marker = str(host.deploy_to).encode()
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and marker in (proc / "cmdline").read_bytes():
-                pids.append(int(proc.name))
-        except OSError:
-            continue
+    pids = pids_with(str(host.deploy_to))
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:
             try:

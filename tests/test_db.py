@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import psycopg2
 import pytest
 
-from .conftest import FAB, REPO, World, _stop_pidfile_gunicorn, migrations_repo
+from .conftest import FAB, MIGRATION_0004, REPO, World, _stop_pidfile_gunicorn, migrations_repo
 from .pg import PostgreSQL, dump_state, pgvector_bindir
 
 pytestmark = pytest.mark.integration
@@ -45,17 +45,6 @@ def upgrade():
     op.create_table("audit", sa.Column("id", sa.Integer, primary_key=True), sa.Column("note", sa.Text))
     op.execute("INSERT INTO audit (note) VALUES ('v3 was here')")
     op.execute("UPDATE items SET name = name || ' (v3)'")
-'''
-MIGRATION_0004 = '''"""v3: a migration that fails half-way."""
-from alembic import op
-
-revision = "0004"
-down_revision = "0003"
-
-
-def upgrade():
-    op.execute("UPDATE items SET price = 0")
-    raise RuntimeError("0004 failed half-way: prices cannot be zero")
 '''
 
 

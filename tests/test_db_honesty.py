@@ -39,7 +39,7 @@ from fabfile.steps.db_checks import release_history, run_checks
 from fabfile.steps.migrate import MigrationFailed, migrate
 from fabfile.steps.restore_db import restore_db
 
-from .conftest import SAMPLE, World
+from .conftest import MIGRATION_0004, SAMPLE, World
 from .pg import PostgreSQL, dump_state
 from .services import LoadGenerator, Nginx, free_port, wait_for_port
 
@@ -69,17 +69,6 @@ down_revision = "0002"
 
 def upgrade():
     op.create_table("audit", sa.Column("id", sa.Integer, primary_key=True), sa.Column("note", sa.Text))
-'''
-BROKEN_AFTER = '''"""Fails after 0003 committed: the schema is half-migrated."""
-from alembic import op
-
-revision = "0004"
-down_revision = "0003"
-
-
-def upgrade():
-    op.execute("UPDATE items SET price = 0")
-    raise RuntimeError("0004 failed half-way: prices cannot be zero")
 '''
 
 
@@ -223,7 +212,7 @@ def test_a_migration_that_rolled_itself_back_restores_nothing_and_loses_no_write
 def test_a_half_applied_migration_is_restored_and_the_lost_writes_are_named(web1, capsys):
     at_v2(web1)
     state = dump_state(web1.db())
-    web1.release("R3", {"0003_audit.py": AUDIT_OK, "0004_broken.py": BROKEN_AFTER})
+    web1.release("R3", {"0003_audit.py": AUDIT_OK, "0004_broken.py": MIGRATION_0004})
     run = web1.run("R3")
     with pytest.raises(MigrationFailed, match="RuntimeError: 0004 failed half-way"):
         deploy_db(run)
@@ -254,7 +243,7 @@ def test_a_completed_migration_is_kept_with_the_restore_command_when_a_later_ste
 
 def test_a_restore_that_cannot_be_made_raises_with_the_exact_command(web1):
     at_v2(web1)
-    web1.release("R5", {"0003_audit.py": AUDIT_OK, "0004_broken.py": BROKEN_AFTER})
+    web1.release("R5", {"0003_audit.py": AUDIT_OK, "0004_broken.py": MIGRATION_0004})
     run = web1.run("R5")
     run.timed("backup_db", lambda: backup_step(run))
     snapshot = Path(run.release.backup)

@@ -16,7 +16,7 @@ import pytest
 from fabfile.inventory import load_inventory
 from fabfile.managers.gunicorn import handover_argv, handover_pidfile
 
-from .conftest import World, git
+from .conftest import World, git, pids_with
 from .services import LoadGenerator, LoadResult
 
 pytestmark = pytest.mark.integration
@@ -88,15 +88,7 @@ def managed_pid(host) -> str:
 
 def handover_pids(host) -> list[int]:
     """Processes whose command line names this host's handover pidfile (master + workers)."""
-    marker = handover_pidfile(host.layout).encode()
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and marker in (proc / "cmdline").read_bytes():
-                pids.append(int(proc.name))
-        except OSError:
-            continue
-    return pids
+    return pids_with(handover_pidfile(host.layout))
 
 
 @pytest.mark.parametrize(("ref", "says"), [
