@@ -26,6 +26,7 @@ from .errors import InventoryError
 from .secret_rule import unwrap_marked
 
 STACKS = ("gunicorn",)
+URL_HEALTH_STACKS = ("gunicorn",)  # stacks whose [health] url is required
 MANAGERS = ("systemd", "supervisor", "pidfile")
 ENGINES = ("postgresql", "sqlite")
 HEALTH_VIA = ("controller", "host")
@@ -78,7 +79,7 @@ GUNICORN_SCHEMA: dict[str, tuple[Any, ...]] = {
 }
 
 HEALTH_SCHEMA: dict[str, tuple[Any, ...]] = {
-    "url": (str, REQUIRED),
+    "url": (str, ""),  # required by the gunicorn stack; other stacks probe their own endpoints
     "via": (str, "controller"),
     "status": (int, 200, Range(100, 599, why="an HTTP status")),
     "body": (str, ""),
@@ -139,7 +140,7 @@ APP_SCHEMA: dict[str, tuple[Any, ...]] = {
     "wheelhouse": (str, ""),  # remote dir of wheels: pip runs --no-index --find-links
     "extra_requirements": (list, []),  # pip requirement specifiers installed after requirements.txt
     "gunicorn": (dict, {}),
-    "health": (dict, REQUIRED),
+    "health": (dict, {}),
     "preflight": (dict, {}),
     "notify": (dict, {}),
     "database": (dict, None),  # no table: no database for shipfab to look after (an empty one: all from DATABASE_URL)
@@ -535,6 +536,8 @@ def _build_app(
     pf = _check_table(a["preflight"], PREFLIGHT_SCHEMA, f"{key}.preflight", where)
     nt = _check_table(a["notify"], NOTIFY_SCHEMA, f"{key}.notify", where)
     _choice(h["via"], HEALTH_VIA, f"{key}.health.via", where)
+    if a["stack"] in URL_HEALTH_STACKS and not h["url"]:
+        where.fail(f"{key}.health.url", f"missing required key (the {a['stack']} stack checks this URL after a deploy)")
     for list_key in ("shared_files", "shared_dirs"):
         for i, item in enumerate(_strings(a[list_key], f"{key}.{list_key}", where)):
             if item.startswith("/") or ".." in item.split("/"):

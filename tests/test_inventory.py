@@ -88,7 +88,7 @@ BAD = {
     "missing required": (GOOD.replace('deploy_to = "/srv/web"\n', ""), r"apps\.web\.deploy_to: missing required key"),
     "missing health": (
         GOOD.replace('[apps.web.health]\nurl = "http://{hostname}:8000/health"\n', ""),
-        r"apps\.web\.health: missing required key",
+        r"apps\.web\.health\.url: missing required key \(the gunicorn stack",
     ),
     "unknown stack": (
         GOOD.replace('stack = "gunicorn"', 'stack = "tomcat"'),
