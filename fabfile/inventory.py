@@ -126,6 +126,14 @@ DB_CHECKS_SCHEMA: dict[str, tuple[Any, ...]] = {
     "alembic": (str, ""),  # alembic config in the release ("alembic.ini"): pending migrations check
 }
 
+NGINX_SCHEMA: dict[str, tuple[Any, ...]] = {
+    "upstream_file": (str, REQUIRED),  # the include file shipfab owns: one `upstream NAME { ... }` block
+    "upstream": (str, "app"),  # the upstream's name, as nginx.conf's proxy_pass uses it
+    "test": (str, "nginx -t"),  # shell command: test the configuration (e.g. "sudo -n nginx -t")
+    "reload": (str, "nginx -s reload"),  # shell command: reload it gracefully
+    "access_log": (str, ""),  # nginx's access log (stacks that gate on the error rate read it)
+}
+
 APP_SCHEMA: dict[str, tuple[Any, ...]] = {
     "stack": (str, REQUIRED),
     "deploy_to": (str, REQUIRED),
@@ -143,6 +151,7 @@ APP_SCHEMA: dict[str, tuple[Any, ...]] = {
     "health": (dict, {}),
     "preflight": (dict, {}),
     "notify": (dict, {}),
+    "nginx": (dict, None),  # no table: shipfab does not manage the nginx upstream of this app
     "database": (dict, None),  # no table: no database for shipfab to look after (an empty one: all from DATABASE_URL)
     "secret_keys": (list, []),  # .env keys whose values are secret although their names do not say so
     "public_keys": (list, []),  # .env keys whose values are not secret although their names match the rule
@@ -221,6 +230,15 @@ class NotifySettings:
 
 
 @dataclass(frozen=True)
+class NginxSettings:
+    upstream_file: str
+    upstream: str
+    test: str
+    reload: str
+    access_log: str
+
+
+@dataclass(frozen=True)
 class DbChecks:
     extensions: dict[str, str]
     columns: dict[str, str]
@@ -266,6 +284,7 @@ class App:
     secret_keys: tuple[str, ...] = ()
     public_keys: tuple[str, ...] = ()
     extra_requirements: tuple[str, ...] = ()
+    nginx: NginxSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -576,7 +595,17 @@ def _build_app(
         secret_keys=_strings(a["secret_keys"], f"{key}.secret_keys", where),
         public_keys=_strings(a["public_keys"], f"{key}.public_keys", where),
         extra_requirements=_requirements(a["extra_requirements"], f"{key}.extra_requirements", where),
+        nginx=_nginx(a["nginx"], f"{key}.nginx", where) if a["nginx"] is not None else None,
     )
+
+
+def _nginx(raw: dict[str, Any], key: str, where: _Where) -> NginxSettings:
+    n = _check_table(raw, NGINX_SCHEMA, key, where)
+    if not n["upstream_file"].startswith("/"):
+        where.fail(f"{key}.upstream_file", f"must be an absolute path, got {_show(n['upstream_file'])}")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", n["upstream"]):
+        where.fail(f"{key}.upstream", f"not an nginx upstream name: {_show(n['upstream'])}")
+    return NginxSettings(**n)
 
 
 def sandbox_port(deploy_to: str) -> int:

@@ -17,6 +17,7 @@ import getpass
 import ipaddress
 import math
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -629,10 +630,11 @@ class Supervisord(_Service):
 class Nginx(_Service):
     """A private nginx reverse proxy 127.0.0.1:port -> upstream(s)."""
 
-    def __init__(self, workdir: Path, upstreams: list[str], port: int) -> None:
+    def __init__(self, workdir: Path, upstreams: list[str], port: int, upstream_file: Path | None = None) -> None:
         self.workdir = Path(workdir)
         self.upstreams = upstreams
         self.port = port
+        self.upstream_file = upstream_file
         self.url = f"http://{LOOPBACK}:{port}"
         self.conf = self.workdir / "nginx.conf"
         self.error_log = self.workdir / "error.log"
@@ -640,27 +642,23 @@ class Nginx(_Service):
         self.proc: subprocess.Popen[bytes] | None = None
 
     @classmethod
-    def start(cls, workdir: Path, upstream: str | Sequence[str], port: int | None = None) -> Nginx:
-        """Proxy to ``upstream`` ("host:port", or several for one pool)."""
+    def start(cls, workdir: Path, upstream: str | Sequence[str], port: int | None = None,
+              upstream_file: Path | None = None) -> Nginx:
+        """Proxy to ``upstream`` ("host:port", or several for one pool). With ``upstream_file``
+        the `upstream app` block lives in that include file (written here from ``upstream``
+        when it does not exist): what shipfab's `[apps.X.nginx]` manages."""
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         upstreams = [upstream] if isinstance(upstream, str) else list(upstream)
-        self = cls(workdir, upstreams, port or free_port())
+        self = cls(workdir, upstreams, port or free_port(), upstream_file)
+        if upstream_file is not None and not upstream_file.exists():
+            upstream_file.write_text(self._upstream_block())
         self.conf.write_text(self._render())
-        base = [
-            "nginx",
-            "-p",
-            str(workdir),
-            "-e",
-            str(self.error_log),
-            "-c",
-            str(self.conf),
-        ]
-        check = _run([*base, "-t", "-q"])
+        check = _run([*self.command(), "-t", "-q"])
         if check.returncode != 0:
             raise RuntimeError(f"nginx -t failed:\n{check.stderr}")
         self.proc = subprocess.Popen(
-            base,
+            self.command(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -674,9 +672,23 @@ class Nginx(_Service):
             raise
         return self
 
+    def command(self) -> list[str]:
+        """nginx with this instance's prefix and config (append `-t` or `-s reload`)."""
+        return ["nginx", "-p", str(self.workdir), "-e", str(self.error_log), "-c", str(self.conf)]
+
+    def settings(self) -> dict[str, str]:
+        """`[apps.X.nginx]` settings that manage this instance's upstream file."""
+        base = shlex.join(self.command())
+        return {"upstream_file": str(self.upstream_file), "upstream": "app", "test": f"{base} -t -q",
+                "reload": f"{base} -s reload", "access_log": str(self.access_log)}
+
+    def _upstream_block(self) -> str:
+        servers = "\n".join(f"        server {u} max_fails=0;" for u in self.upstreams)
+        return f"upstream app {{\n{servers}\n        keepalive 8;\n    }}\n"
+
     def _render(self) -> str:
         wd = self.workdir
-        servers = "\n".join(f"        server {u} max_fails=0;" for u in self.upstreams)
+        upstream = f"include {self.upstream_file};" if self.upstream_file is not None else self._upstream_block()
         temp = "\n".join(
             f"    {kind}_temp_path {wd / (kind + '_temp')};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
         )
@@ -694,12 +706,10 @@ events {{
 
 http {{
 {temp}
-    access_log {self.access_log};
+    log_format shipfab '$time_iso8601 $status $upstream_addr $upstream_status $request_time "$request"';
+    access_log {self.access_log} shipfab;
 
-    upstream app {{
-{servers}
-        keepalive 8;
-    }}
+    {upstream}
 
     server {{
         listen {LOOPBACK}:{self.port};
