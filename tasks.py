@@ -13,6 +13,7 @@ from fabfile.inventory import Target, load_inventory
 from fabfile.layout import Layout
 from fabfile.optional_positional import OptionalPositionalTask
 from fabfile.output import Printer, Redactor, table
+from fabfile.probes.command import run_health
 from fabfile.probes.http import probe_once
 from fabfile.remote import Remote
 from fabfile.secret_rule import local_env
@@ -25,7 +26,16 @@ def _health_row(target: Target, redact: Redactor) -> list[str]:
     remote = Remote(target, Printer(redact, verbosity=0))
     release, started = "?", time.monotonic()
     try:
-        release = read_state(remote, Layout(target.app.deploy_to))[0].current or "(none)"
+        state = read_state(remote, Layout(target.app.deploy_to))[0]
+        release = state.current or "(none)"
+        if not state.current:  # nothing to check yet (e.g. a sandbox never deployed): shown, not a failure
+            return [target.name, target.app.name, release, "not deployed", "-", "no release is current"]
+        if target.app.worker is not None:  # the worker stack: its health command and alert figures
+            h = run_health(remote, target.app, state.env)
+            detail = "; ".join([h.status_line or "(no status line)", *([h.figures()] if h.figures() else []),
+                                *(p for p in h.problems if not p.startswith("status line"))])
+            return [target.name, target.app.name, release, "healthy" if h.ok else "UNHEALTHY",
+                    f"{(time.monotonic() - started) * 1000:.0f} ms", detail]
         probe = probe_once(remote, target)
         status = "healthy" if probe.ok else "UNHEALTHY"
         return [target.name, target.app.name, release, status, f"{probe.latency * 1000:.0f} ms", probe.detail]
@@ -43,7 +53,7 @@ def _clip(text: str, limit: int = 120) -> str:
 @task(klass=OptionalPositionalTask, positional=["target"],
       help={"target": "host or group of hosts.toml (default: every host)"})
 def health(c, target=""):
-    """Health of every host of a target, in parallel, as one table; exits 1 if any is unhealthy."""
+    """Health of every host of a target, in parallel, as one table; exits 1 if any deployed host is unhealthy."""
     try:
         inventory = load_inventory()
         targets = inventory.resolve(target) if target else inventory.all_targets()
@@ -57,7 +67,7 @@ def health(c, target=""):
     # Masked once every host's secrets are known, and before cutting (half a secret is a leak).
     rows = [[_clip(cell) for cell in row] for row in redact.mask_data(rows)]
     print(table(["host", "app", "release", "status", "latency", "detail"], rows))
-    if any(row[3] != "healthy" for row in rows):
+    if any(row[3] not in ("healthy", "not deployed") for row in rows):
         raise Exit(code=1)
 
 

@@ -11,7 +11,7 @@ import sys
 from fabric import task
 from invoke import Collection
 
-from . import env_tasks, errors, fleet, hostkeys
+from . import env_tasks, errors, fleet, hostkeys, worker_tasks
 from .cli import duration, known_release, on_each_host, options_for, printer_for, run_cli, targets
 from .context import HostRun, Options
 from .db_tasks import backup_db, db_check, migrate, restore_db  # noqa: F401  (tasks of the namespace)
@@ -127,10 +127,13 @@ def restart_gunicorn(c, full=False, dry_run=False, verbose=False):
 
 @task
 def health_check(c, verbose=False):
-    """Step alone: HTTP health check of each host (retries until the app's timeout)."""
+    """Step alone: the stack's health check of each host (HTTP; worker: the health command + alert figures)."""
     printer, options = options_for(False, verbose, False)
 
     def step(run: HostRun) -> str:
+        stack = stack_for(run.app.stack)
+        if stack.health is not None:
+            return str(stack.health(run))
         probe = wait_healthy(run.remote, run.target)
         return f"healthy: {probe.detail}, {probe.latency * 1000:.0f} ms"
 
@@ -250,3 +253,4 @@ def stop(c, dry_run=False, verbose=False):
 ns = Collection.from_module(sys.modules[__name__])
 ns.add_task(restart_gunicorn, name="restart")  # the name before the design card's
 ns.add_collection(Collection("env", env_tasks.push, env_tasks.diff))
+ns.add_collection(Collection("worker", worker_tasks.gate, worker_tasks.restart, worker_tasks.cron, worker_tasks.stop))

@@ -25,7 +25,7 @@ from typing import Any
 from .errors import InventoryError
 from .secret_rule import unwrap_marked
 
-STACKS = ("gunicorn",)
+STACKS = ("gunicorn", "worker")
 URL_HEALTH_STACKS = ("gunicorn",)  # stacks whose [health] url is required
 MANAGERS = ("systemd", "supervisor", "pidfile")
 ENGINES = ("postgresql", "sqlite")
@@ -126,6 +126,43 @@ DB_CHECKS_SCHEMA: dict[str, tuple[Any, ...]] = {
     "alembic": (str, ""),  # alembic config in the release ("alembic.ini"): pending migrations check
 }
 
+WORKER_SCHEMA: dict[str, tuple[Any, ...]] = {
+    "gate": (list, []),  # commands run in the new release before anything goes live (e.g. pytest)
+    "build": (list, []),  # commands that build the release (e.g. "prisma generate")
+    "smoke": (list, []),  # commands run after the migrations, before the switch (a dry run on a small batch)
+    "health": (dict, {}),  # { command = "...", expect = "HEALTHY", timeout = 60 }
+    "processes": (list, []),  # [{ name = "...", command = "...", stop_timeout = 30 }]
+    "manager": (str, "pidfile"),  # how the processes run: supervisor | systemd | pidfile
+    "supervisor_conf": (str, ""),
+    "sudo": (bool, False),  # supervisorctl / systemctl through `sudo -n`
+    "cron": (list, []),  # [{ schedule = "*/15 * * * *", command = "python -m engine.run" }]
+    "crontab": (str, ""),  # "" = the deploy user's crontab (crontab -l / crontab -); else a file (relative: to deploy_to)
+    "alerts": (dict, {}),  # { max_failure_rate = 0.10, min_disk_percent = 10 }
+    "command_timeout": ((int, float), 1800, TIMEOUT),  # seconds for each gate/build/smoke command
+}
+
+WORKER_HEALTH_SCHEMA: dict[str, tuple[Any, ...]] = {
+    "command": (str, ""),
+    "expect": (str, "HEALTHY"),  # a word the status line must contain
+    "timeout": ((int, float), 60, TIMEOUT),
+}
+
+WORKER_PROCESS_SCHEMA: dict[str, tuple[Any, ...]] = {
+    "name": (str, REQUIRED),  # supervisor program / systemd unit / pidfile name
+    "command": (str, REQUIRED),
+    "stop_timeout": ((int, float), 30, TIMEOUT),  # seconds a job in progress gets to finish after SIGTERM
+}
+
+CRON_SCHEMA: dict[str, tuple[Any, ...]] = {
+    "schedule": (str, REQUIRED),
+    "command": (str, REQUIRED),
+}
+
+ALERTS_SCHEMA: dict[str, tuple[Any, ...]] = {
+    "max_failure_rate": ((int, float), 0.10, Range(0, 1, why="a fraction: 0.10 = 10 %")),
+    "min_disk_percent": ((int, float), 10, Range(0, 100, why="percent")),
+}
+
 NGINX_SCHEMA: dict[str, tuple[Any, ...]] = {
     "upstream_file": (str, REQUIRED),  # the include file shipfab owns: one `upstream NAME { ... }` block
     "upstream": (str, "app"),  # the upstream's name, as nginx.conf's proxy_pass uses it
@@ -155,6 +192,7 @@ APP_SCHEMA: dict[str, tuple[Any, ...]] = {
     "database": (dict, None),  # no table: no database for shipfab to look after (an empty one: all from DATABASE_URL)
     "secret_keys": (list, []),  # .env keys whose values are secret although their names do not say so
     "public_keys": (list, []),  # .env keys whose values are not secret although their names match the rule
+    "worker": (dict, {}),
 }
 
 CONNECTION_SCHEMA: dict[str, tuple[Any, ...]] = {
@@ -263,6 +301,38 @@ class DatabaseSettings:
 
 
 @dataclass(frozen=True)
+class WorkerProcess:
+    name: str
+    command: str
+    stop_timeout: float
+
+
+@dataclass(frozen=True)
+class CronEntry:
+    schedule: str
+    command: str
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    gate: tuple[str, ...]
+    build: tuple[str, ...]
+    smoke: tuple[str, ...]
+    health_command: str
+    health_expect: str
+    health_timeout: float
+    processes: tuple[WorkerProcess, ...]
+    manager: str
+    supervisor_conf: str
+    sudo: bool
+    cron: tuple[CronEntry, ...]
+    crontab: str  # "" = the deploy user's crontab; else an absolute file path
+    max_failure_rate: float
+    min_disk_percent: float
+    command_timeout: float
+
+
+@dataclass(frozen=True)
 class App:
     name: str
     stack: str
@@ -285,6 +355,7 @@ class App:
     public_keys: tuple[str, ...] = ()
     extra_requirements: tuple[str, ...] = ()
     nginx: NginxSettings | None = None
+    worker: WorkerSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -596,6 +667,8 @@ def _build_app(
         public_keys=_strings(a["public_keys"], f"{key}.public_keys", where),
         extra_requirements=_requirements(a["extra_requirements"], f"{key}.extra_requirements", where),
         nginx=_nginx(a["nginx"], f"{key}.nginx", where) if a["nginx"] is not None else None,
+        worker=_worker(a["worker"], f"{key}.worker", where, deploy_to, a["stack"]) if a["stack"] == "worker" or a["worker"]
+        else None,
     )
 
 
@@ -606,6 +679,59 @@ def _nginx(raw: dict[str, Any], key: str, where: _Where) -> NginxSettings:
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", n["upstream"]):
         where.fail(f"{key}.upstream", f"not an nginx upstream name: {_show(n['upstream'])}")
     return NginxSettings(**n)
+
+
+def _worker(raw: dict[str, Any], key: str, where: _Where, deploy_to: str, stack: str) -> WorkerSettings:
+    if stack != "worker":
+        where.fail(key, f"only for stack \"worker\" (this app's stack is {_show(stack)})")
+    w = _check_table(raw, WORKER_SCHEMA, key, where)
+    _choice(w["manager"], MANAGERS, f"{key}.manager", where)
+    h = _check_table(w["health"], WORKER_HEALTH_SCHEMA, f"{key}.health", where)
+    al = _check_table(w["alerts"], ALERTS_SCHEMA, f"{key}.alerts", where)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", h["expect"]):
+        where.fail(f"{key}.health.expect", f"must be one word like \"HEALTHY\", got {_show(h['expect'])}")
+    commands = {}
+    for list_key in ("gate", "build", "smoke"):
+        commands[list_key] = _strings(w[list_key], f"{key}.{list_key}", where)
+        for i, cmd in enumerate(commands[list_key]):
+            _one_command(cmd, f"{key}.{list_key}[{i}]", where)
+    _one_command(h["command"], f"{key}.health.command", where, allow_empty=True)
+    processes, names = [], set()
+    for i, item in enumerate(w["processes"]):
+        k = f"{key}.processes[{i}]"
+        _expect(item, dict, k, where)
+        p = _check_table(item, WORKER_PROCESS_SCHEMA, k, where)
+        if not re.fullmatch(r"[A-Za-z0-9_.@-]+", p["name"]) or p["name"] in names:
+            where.fail(f"{k}.name", f"must be a unique name of letters, digits, _ . @ -, got {_show(p['name'])}")
+        names.add(p["name"])
+        _one_command(p["command"], f"{k}.command", where)
+        processes.append(WorkerProcess(**p))
+    cron = []
+    for i, item in enumerate(w["cron"]):
+        k = f"{key}.cron[{i}]"
+        _expect(item, dict, k, where)
+        c = _check_table(item, CRON_SCHEMA, k, where)
+        fields = c["schedule"].split()
+        if not (len(fields) == 5 or (len(fields) == 1 and fields[0].startswith("@"))) or any(
+                not re.fullmatch(r"[A-Za-z0-9*/,@-]+", f) for f in fields):
+            where.fail(f"{k}.schedule", f"not a cron schedule (five fields or @daily...): {_show(c['schedule'])}")
+        _one_command(c["command"], f"{k}.command", where)
+        cron.append(CronEntry(" ".join(fields), c["command"]))
+    crontab = w["crontab"]
+    if crontab and not crontab.startswith("/"):
+        crontab = f"{deploy_to.rstrip('/')}/{crontab}"
+    return WorkerSettings(
+        gate=commands["gate"], build=commands["build"], smoke=commands["smoke"], health_command=h["command"],
+        health_expect=h["expect"], health_timeout=h["timeout"], processes=tuple(processes), manager=w["manager"],
+        supervisor_conf=w["supervisor_conf"], sudo=w["sudo"], cron=tuple(cron), crontab=crontab,
+        max_failure_rate=al["max_failure_rate"], min_disk_percent=al["min_disk_percent"],
+        command_timeout=w["command_timeout"])
+
+
+def _one_command(cmd: str, key: str, where: _Where, allow_empty: bool = False) -> None:
+    """A command from hosts.toml: one line (a crontab line, a launcher argument), not empty."""
+    if "\n" in cmd or (not cmd.strip() and not allow_empty):
+        where.fail(key, f"must be one non-empty line, got {_show(cmd)}")
 
 
 def sandbox_port(deploy_to: str) -> int:

@@ -98,8 +98,8 @@ def test_an_unknown_host_is_one_line_with_the_known_names():
     res = fab(REPO, "-H", "locl", "check")
     assert res.returncode == 64, res.stderr
     assert res.stderr.strip().splitlines() == [
-        "shipfab: unknown host or group 'locl': not in hosts.toml, ~/.ssh/config or DNS. Did you mean local? "
-        "Known hosts: local; groups: (none)"]
+        "shipfab: unknown host or group 'locl': not in hosts.toml, ~/.ssh/config or DNS. Did you mean local or "
+        "local-worker? Known hosts: local, local-worker; groups: (none)"]
     assert res.stdout == ""
 
 

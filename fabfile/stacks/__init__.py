@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from .base import Stack
 from .gunicorn import GUNICORN
+from .worker import WORKER
 
-STACKS: dict[str, Stack] = {GUNICORN.name: GUNICORN}
+STACKS: dict[str, Stack] = {GUNICORN.name: GUNICORN, WORKER.name: WORKER}
 
 
 def stack_for(name: str) -> Stack:

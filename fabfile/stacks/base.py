@@ -26,3 +26,5 @@ class Stack:
     boot_check: Callable[[HostRun, str], str | None]
     # Make `release_id` (already `current`) serve: restart/reload + wait + health.
     activate: Callable[[HostRun, str], str | None]
+    # `fab health-check` of this stack (None: the HTTP probe of [health]).
+    health: Callable[[HostRun], str | None] | None = None

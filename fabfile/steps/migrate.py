@@ -1,18 +1,13 @@
 """migrate: the app's migration command (`alembic upgrade head`, `flask db upgrade`,
 `python manage.py migrate`, `npx prisma migrate deploy`...) run in a release directory
-with the release's venv first on PATH, the app's environment and libpq's PG* variables.
-
-No shell ever evaluates a .env value: the controller parses the host's .env with
-python-dotenv (what the app itself does) and sends the values as one JSON line on stdin
-to a tiny Python launcher on the host, which puts them in os.environ and execs
-`bash -c <command>` (the command is from hosts.toml, trusted). No value is ever on a
-command line. The output (stdout and stderr, in order) streams line by line as it runs;
+with the release's venv first on PATH, the app's environment and libpq's PG* variables,
+through the one launcher (launcher.py: no shell ever evaluates a .env value, no value is
+ever on a command line). The output (stdout and stderr, in order) streams line by line as it runs;
 a failure names its first error line (the real cause), then the last lines.
 """
 
 from __future__ import annotations
 
-import json
 import shlex
 
 from ..db import DbConn
@@ -20,23 +15,11 @@ from ..errors import StepFailed
 from ..layout import Layout
 from ..output import LineStream, first_error
 from ..remote import Remote
+from .launcher import LAUNCHER, launch_cmd, launch_stdin
 
 q = shlex.quote
+__all__ = ["LAUNCHER", "MigrationFailed", "launcher_stdin", "migrate", "migrate_cmd", "pg_env"]
 
-# argv: release dir, command. stdin: one JSON line {"env": {...}}. stderr joins stdout.
-LAUNCHER = """\
-import json, os, sys
-env = json.loads(sys.stdin.readline())["env"]
-os.environ.update(env)
-null = os.open(os.devnull, os.O_RDONLY)
-os.dup2(null, 0)
-os.dup2(1, 2)
-os.chdir(sys.argv[1])
-venv = os.path.join(sys.argv[1], ".venv")
-os.environ["VIRTUAL_ENV"] = venv
-os.environ["PATH"] = os.path.join(venv, "bin") + os.pathsep + os.environ.get("PATH", "")
-os.execvp("bash", ["bash", "-c", sys.argv[2]])
-"""
 # `ModuleNotFoundError: ...`, `psycopg2.errors.UndefinedTable: ...`, `ERROR [alembic...] ...`, `Error: ...`
 
 
@@ -58,12 +41,12 @@ def pg_env(conn: DbConn) -> dict[str, str]:
 
 
 def migrate_cmd(python: str, layout: Layout, release_id: str, command: str) -> str:
-    return f"{q(python)} -c {q(LAUNCHER)} {q(layout.release(release_id))} {q(command)}"
+    return launch_cmd(python, layout.release(release_id), command)
 
 
 def launcher_stdin(conn: DbConn, app_env: dict[str, str]) -> str:
     """The one JSON line the launcher reads: libpq's settings, then the app's .env (it wins)."""
-    return json.dumps({"env": {**pg_env(conn), **app_env}}) + "\n"
+    return launch_stdin({**pg_env(conn), **app_env})
 
 
 def output_tail(output: str, lines: int = 6) -> str:

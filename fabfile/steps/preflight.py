@@ -43,7 +43,10 @@ def required_binaries(app: App) -> list[str]:
         bins.append("git")
     if app.health.via == "host":
         bins.append("curl")
-    bins.append({"supervisor": "supervisorctl", "systemd": "systemctl"}.get(app.gunicorn.manager, "kill"))
+    manager = app.worker.manager if app.worker is not None else app.gunicorn.manager
+    bins.append({"supervisor": "supervisorctl", "systemd": "systemctl"}.get(manager, "kill"))
+    if app.worker is not None and app.worker.cron and not app.worker.crontab:
+        bins.append("crontab")
     if app.preflight.nginx:
         bins.append("nginx")
     db = app.database
@@ -81,7 +84,7 @@ def facts_cmd(app: App, layout: Layout) -> str:
         f"$(cat {q(layout.current + '/REVISION')} 2>/dev/null)\"",
     ]
     host, _, port = app.gunicorn.bind.rpartition(":")
-    if host and port.isdigit() and not app.gunicorn.bind.startswith("unix:"):
+    if app.stack == "gunicorn" and host and port.isdigit() and not app.gunicorn.bind.startswith("unix:"):
         lines.append(f"[ -L {q(layout.current)} ] || {q(app.python)} -c {q(PORT_PROBE)} {q(host.strip('[]'))} {q(port)}")
     if app.preflight.nginx:
         conf = f" -c {q(app.preflight.nginx_conf)}" if app.preflight.nginx_conf else ""
