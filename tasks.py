@@ -28,8 +28,9 @@ def _health_row(target: Target, redact: Redactor) -> list[str]:
     try:
         state = read_state(remote, Layout(target.app.deploy_to))[0]
         release = state.current or "(none)"
-        if not state.current:  # nothing to check yet (e.g. a sandbox never deployed): shown, not a failure
-            return [target.name, target.app.name, release, "not deployed", "-", "no release is current"]
+        if not state.current:  # a sandbox not deployed yet is shown, not a failure; a server is
+            status = "not deployed" if target.local else "NOT DEPLOYED"
+            return [target.name, target.app.name, release, status, "-", "no release is current"]
         if target.app.worker is not None:  # the worker stack: its health command and alert figures
             h = run_health(remote, target.app, state.env)
             detail = "; ".join([h.status_line or "(no status line)", *([h.figures()] if h.figures() else []),
@@ -53,7 +54,8 @@ def _clip(text: str, limit: int = 120) -> str:
 @task(klass=OptionalPositionalTask, positional=["target"],
       help={"target": "host or group of hosts.toml (default: every host)"})
 def health(c, target=""):
-    """Health of every host of a target, in parallel, as one table; exits 1 if any deployed host is unhealthy."""
+    """Health of every host of a target, in parallel, as one table; exits 1 if any is unhealthy (a local
+    sandbox that was never deployed is only listed)."""
     try:
         inventory = load_inventory()
         targets = inventory.resolve(target) if target else inventory.all_targets()

@@ -69,9 +69,12 @@ def test_publish_switches_a_real_nginx_and_a_refused_file_is_put_back(tmp_path):
         done = _publish(settings, nginx_upstream.render("app", [(green_addr, 1)]))
         assert done.returncode == 0, done.stderr
         assert nginx_upstream.previous_text(done.stdout) == before
-        body = b""
-        for _ in range(50):  # the reload is graceful: old workers finish, new ones take over
-            body = urllib.request.urlopen(nginx.url).read()
+        body, deadline = b"", time.monotonic() + 10
+        while time.monotonic() < deadline:  # the reload is graceful: old workers finish, new ones take over
+            try:
+                body = urllib.request.urlopen(nginx.url, timeout=2).read()
+            except OSError:
+                body = b""
             if body == b"green":
                 break
             time.sleep(0.1)
