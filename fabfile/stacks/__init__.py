@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from .base import Stack
+from .compose import COMPOSE
 from .gunicorn import GUNICORN
 
-STACKS: dict[str, Stack] = {GUNICORN.name: GUNICORN}
+STACKS: dict[str, Stack] = {GUNICORN.name: GUNICORN, COMPOSE.name: COMPOSE}
 
 
 def stack_for(name: str) -> Stack:

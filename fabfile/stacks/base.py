@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..context import HostRun
+from ..inventory import App
 
 PHASES = ("prepare", "migrate", "publish", "verify")
 
@@ -26,3 +27,5 @@ class Stack:
     boot_check: Callable[[HostRun, str], str | None]
     # Make `release_id` (already `current`) serve: restart/reload + wait + health.
     activate: Callable[[HostRun, str], str | None]
+    # Shell run with the prune: what else goes with the pruned releases (None: nothing).
+    prune: Callable[[App, list[str]], str] | None = None
