@@ -11,7 +11,7 @@ import sys
 from fabric import task
 from invoke import Collection
 
-from . import env_tasks, errors, fleet, hostkeys, worker_tasks
+from . import compose_tasks, env_tasks, errors, fleet, hostkeys, worker_tasks
 from .cli import duration, known_release, on_each_host, options_for, printer_for, run_cli, targets
 from .context import HostRun, Options
 from .db_tasks import backup_db, db_check, migrate, restore_db  # noqa: F401  (tasks of the namespace)
@@ -254,3 +254,4 @@ ns = Collection.from_module(sys.modules[__name__])
 ns.add_task(restart_gunicorn, name="restart")  # the name before the design card's
 ns.add_collection(Collection("env", env_tasks.push, env_tasks.diff))
 ns.add_collection(Collection("worker", worker_tasks.gate, worker_tasks.restart, worker_tasks.cron, worker_tasks.stop))
+ns.add_collection(Collection("compose", compose_tasks.switch, compose_tasks.canary))

@@ -14,6 +14,7 @@ it leaves applied migrations. Every restore says which writes it loses.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from .db import DatabaseNotRestored, DbConn, confirm, connection, handles_databa
 from .errors import ShipfabError, StepFailed, UsageError
 from .steps.backup_db import backup_db as take_snapshot
 from .steps.env_file import read_remote_env
-from .steps.migrate import migrate
+from .steps.migrate import migrate, pg_env
 from .steps.release_log import fold
 from .steps.restore_db import check_snapshot, restore_db
 from .steps.schema_fingerprint import Fingerprint, fingerprint
@@ -71,9 +72,10 @@ def backup_step(run: HostRun) -> str:
     return snap.describe()
 
 
-def migrate_step(run: HostRun) -> str:
+def migrate_step(run: HostRun, wrap: Callable[[HostRun, str, list[str]], str] | None = None) -> str:
     """Deploy step migrate: fingerprint, register the undo, run the app's command; `migrated`
-    says whether it really changed the schema."""
+    says whether it really changed the schema. `wrap(run, command, env names)` runs it
+    elsewhere (the compose stack: in a one-off container), the environment passed by name."""
     skip = _skip(run, "migrations run once")
     db = run.app.database
     if skip or db is None or not db.migrate:
@@ -84,7 +86,8 @@ def migrate_step(run: HostRun) -> str:
     window = f"snapshot {before.at - taken:.1f} s before the migration" if taken else "no snapshot before the migration"
     run.printer.line(f"migrate: {window}", run.host)
     run.on_undo("restore_db", lambda: undo_migration(run, conn, before))
-    detail = migrate(run.remote, conn, run.layout, run.release.id, db.migrate, run.app.python, app_env(run))
+    command = wrap(run, db.migrate, sorted({*pg_env(conn), *app_env(run)})) if wrap else db.migrate
+    detail = migrate(run.remote, conn, run.layout, run.release.id, command, run.app.python, app_env(run))
     if run.options.dry_run:
         return detail
     after = fingerprint(run.remote, conn, run.app.python)

@@ -18,6 +18,7 @@ from .db import DatabaseNotRestored, handles_database
 from .errors import LockHeld, ManualAction, ShipfabError
 from .release import who
 from .remote import ConnectionLost, HostKeyRejected, Unreachable
+from .stacks import stack_for
 from .stacks.base import Step
 from .steps import lock, release_log
 from .steps.backup_db import SUFFIXES
@@ -202,6 +203,8 @@ def finish(run: HostRun, events: list[dict[str, Any]], prune: bool) -> None:
         if prune:
             releases, snapshots = prune_plan(run, masked[0])
             body += "\n" + prune_cmd(run.layout, releases, snapshots)
+            extra = stack_for(run.app.stack).prune
+            body += f"\n{extra(run.app, releases)}" if extra and releases else ""
             detail = f"logged; pruned {len(releases)} release(s)" + (f", {len(snapshots)} snapshot(s)" if snapshots else "")
         script = f"{run.remote.serialized(body)}\nrc=$?\n{lock.release_cmd(run.layout, run.lock_token)}\nexit $rc"
         try:

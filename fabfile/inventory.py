@@ -25,7 +25,7 @@ from typing import Any
 from .errors import InventoryError
 from .secret_rule import unwrap_marked
 
-STACKS = ("gunicorn", "worker")
+STACKS = ("gunicorn", "worker", "compose")
 URL_HEALTH_STACKS = ("gunicorn",)  # stacks whose [health] url is required
 MANAGERS = ("systemd", "supervisor", "pidfile")
 ENGINES = ("postgresql", "sqlite")
@@ -163,6 +163,28 @@ ALERTS_SCHEMA: dict[str, tuple[Any, ...]] = {
     "min_disk_percent": ((int, float), 10, Range(0, 100, why="percent")),
 }
 
+COMPOSE_SCHEMA: dict[str, tuple[Any, ...]] = {
+    "file": (str, "compose.yaml"),  # the compose file, in the release
+    "mode": (str, "in-place"),  # in-place | blue-green | canary
+    "project": (str, ""),  # compose project name (default: the app name; colors add -blue / -green)
+    "service": (str, ""),  # the service nginx routes to (and `migrate` runs in)
+    "ports": (dict, {"blue": 8101, "green": 8102}),  # host port of each color (in-place uses blue)
+    "port_env": (str, "SHIPFAB_PORT"),  # the variable the compose file reads its port from
+    "docker": (str, "docker"),  # shell prefix running the docker CLI (e.g. "sudo -n docker")
+    "health": (list, []),  # URLs probed on every new release; `{port}` is the color's port
+    "ready": (str, ""),  # readiness URL (`{port}`): must answer 200 before any traffic
+    "smoke": (list, []),  # shell commands run on the host against the standby; `{addr}` = 127.0.0.1:port
+    "probe_timeout": ((int, float), 60, TIMEOUT),
+    "watch_seconds": ((int, float), 300, Range(0, 86400, why="seconds")),
+    "max_error_rate": ((int, float), 0.05, Range(0, 1, why="a fraction")),
+    "min_success": ((int, float), 0.995, Range(0, 1, why="a fraction")),
+    "min_requests": (int, 20, Range(0, 10**9)),
+    "steps": (list, [5, 25, 50, 100]),  # canary weights (percent of requests to the new color)
+    "interval": ((int, float), 60, Range(0, 86400, why="seconds")),
+    "stop_old": (bool, False),  # stop the old color once the watch window passed (rollback is then an `up`)
+    "min_disk_gb": ((int, float), 0, Range(0, 10**6)),  # free space needed under docker's data root
+}
+
 NGINX_SCHEMA: dict[str, tuple[Any, ...]] = {
     "upstream_file": (str, REQUIRED),  # the include file shipfab owns: one `upstream NAME { ... }` block
     "upstream": (str, "app"),  # the upstream's name, as nginx.conf's proxy_pass uses it
@@ -193,6 +215,7 @@ APP_SCHEMA: dict[str, tuple[Any, ...]] = {
     "secret_keys": (list, []),  # .env keys whose values are secret although their names do not say so
     "public_keys": (list, []),  # .env keys whose values are not secret although their names match the rule
     "worker": (dict, {}),
+    "compose": (dict, {}),
 }
 
 CONNECTION_SCHEMA: dict[str, tuple[Any, ...]] = {
@@ -333,6 +356,29 @@ class WorkerSettings:
 
 
 @dataclass(frozen=True)
+class ComposeSettings:
+    file: str
+    mode: str
+    project: str
+    service: str
+    ports: dict[str, int]
+    port_env: str
+    docker: str
+    health: tuple[str, ...]
+    ready: str
+    smoke: tuple[str, ...]
+    probe_timeout: float
+    watch_seconds: float
+    max_error_rate: float
+    min_success: float
+    min_requests: int
+    steps: tuple[int, ...]
+    interval: float
+    stop_old: bool
+    min_disk_gb: float
+
+
+@dataclass(frozen=True)
 class App:
     name: str
     stack: str
@@ -356,6 +402,7 @@ class App:
     extra_requirements: tuple[str, ...] = ()
     nginx: NginxSettings | None = None
     worker: WorkerSettings | None = None
+    compose: ComposeSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -669,6 +716,7 @@ def _build_app(
         nginx=_nginx(a["nginx"], f"{key}.nginx", where) if a["nginx"] is not None else None,
         worker=_worker(a["worker"], f"{key}.worker", where, deploy_to, a["stack"]) if a["stack"] == "worker" or a["worker"]
         else None,
+        compose=_compose(a["compose"], f"{key}.compose", where, name, a["nginx"]) if a["stack"] == "compose" else None,
     )
 
 
@@ -732,6 +780,39 @@ def _one_command(cmd: str, key: str, where: _Where, allow_empty: bool = False) -
     """A command from hosts.toml: one line (a crontab line, a launcher argument), not empty."""
     if "\n" in cmd or (not cmd.strip() and not allow_empty):
         where.fail(key, f"must be one non-empty line, got {_show(cmd)}")
+COMPOSE_MODES = ("in-place", "blue-green", "canary")
+
+
+def _compose(raw: dict[str, Any], key: str, where: _Where, app: str, nginx: dict[str, Any] | None) -> ComposeSettings:
+    c = _check_table(raw, COMPOSE_SCHEMA, key, where)
+    _choice(c["mode"], COMPOSE_MODES, f"{key}.mode", where)
+    if set(c["ports"]) != {"blue", "green"}:
+        where.fail(f"{key}.ports", "expected a table with exactly `blue` and `green`")
+    for color, port in c["ports"].items():
+        _expect(port, int, f"{key}.ports.{color}", where)
+        problem = PORT.problem(port)
+        if problem:
+            where.fail(f"{key}.ports.{color}", problem)
+    if c["ports"]["blue"] == c["ports"]["green"]:
+        where.fail(f"{key}.ports", "blue and green need two different ports")
+    for i, step in enumerate(c["steps"]):
+        _expect(step, int, f"{key}.steps[{i}]", where)
+        if not 0 < step <= 100:
+            where.fail(f"{key}.steps[{i}]", f"must be a percentage from 1 to 100, got {_show(step)}")
+    if c["steps"] != sorted(c["steps"]) or not c["steps"] or c["steps"][-1] != 100:
+        where.fail(f"{key}.steps", "must be increasing and end at 100")
+    project = c["project"] or app
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", project):
+        where.fail(f"{key}.project", f"not a compose project name (lowercase letters, digits, - and _): {_show(project)}")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", c["port_env"]):
+        where.fail(f"{key}.port_env", f"not an environment variable name: {_show(c['port_env'])}")
+    if c["mode"] != "in-place" and nginx is None:
+        where.fail(f"{key}.mode", f"{c['mode']} moves traffic through nginx: add an [apps.{app}.nginx] table")
+    if c["mode"] != "in-place" and not c["service"]:
+        where.fail(f"{key}.service", f"{c['mode']} needs the service nginx routes to")
+    return ComposeSettings(**{**c, "project": project, "ports": dict(c["ports"]),
+                              "health": _strings(c["health"], f"{key}.health", where),
+                              "smoke": _strings(c["smoke"], f"{key}.smoke", where), "steps": tuple(c["steps"])})
 
 
 def sandbox_port(deploy_to: str) -> int:

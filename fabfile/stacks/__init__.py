@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from .base import Stack
+from .compose import COMPOSE
 from .gunicorn import GUNICORN
 from .worker import WORKER
 
-STACKS: dict[str, Stack] = {GUNICORN.name: GUNICORN, WORKER.name: WORKER}
+STACKS: dict[str, Stack] = {GUNICORN.name: GUNICORN, WORKER.name: WORKER, COMPOSE.name: COMPOSE}
 
 
 def stack_for(name: str) -> Stack:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..context import HostRun
+from ..inventory import App
 
 PHASES = ("prepare", "migrate", "publish", "verify")
 
@@ -28,3 +29,5 @@ class Stack:
     activate: Callable[[HostRun, str], str | None]
     # `fab health-check` of this stack (None: the HTTP probe of [health]).
     health: Callable[[HostRun], str | None] | None = None
+    # Shell run with the prune: what else goes with the pruned releases (None: nothing).
+    prune: Callable[[App, list[str]], str] | None = None

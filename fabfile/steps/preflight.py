@@ -18,7 +18,7 @@ from ..errors import ShipfabError
 from ..inventory import App, Target
 from ..layout import Layout
 from ..remote import Remote
-from . import db_checks
+from . import compose_preflight, db_checks
 from .lock import describe_holder
 
 q = shlex.quote
@@ -83,6 +83,7 @@ def facts_cmd(app: App, layout: Layout) -> str:
         f"echo \"current $(readlink {q(layout.current)} 2>/dev/null) "
         f"$(cat {q(layout.current + '/REVISION')} 2>/dev/null)\"",
     ]
+    lines += compose_preflight.facts_lines(app)
     host, _, port = app.gunicorn.bind.rpartition(":")
     if app.stack == "gunicorn" and host and port.isdigit() and not app.gunicorn.bind.startswith("unix:"):
         lines.append(f"[ -L {q(layout.current)} ] || {q(app.python)} -c {q(PORT_PROBE)} {q(host.strip('[]'))} {q(port)}")
@@ -153,6 +154,7 @@ def evaluate(app: App, facts: dict[str, list[str]], commits_ahead: str = "") -> 
         checks.append(Check("port", ok, f"{host}:{port} is free" if ok else
                             f"{host}:{port} is already in use by another program ({' '.join(why)}): stop it or "
                             "change gunicorn.bind"))
+    checks += compose_preflight.checks(app, facts)
     lock = facts.get("lock", ["free"])[0]
     if lock.startswith("held"):
         checks.append(Check("lock", False, f"held by {describe_holder(lock[4:].strip())}"))

@@ -1,0 +1,340 @@
+"""The compose stack against a real dockerd (compose v2), a real sshd and a real nginx whose
+upstream include shipfab owns: in place, blue-green (under load), the watch window's
+automatic flip back, canary gates; plus the pure parts (log parsing, gates, commands)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from fabfile.inventory import ComposeSettings, load_inventory
+from fabfile.layout import Layout
+from fabfile.managers import compose as dc
+from fabfile.probes import error_rate
+from fabfile.strategies.compose import color_in, gate_problems
+
+from .conftest import FAB, REPO, git
+from .docker_rig import docker_rig  # noqa: F401  (fixture)
+from .services import DEFAULT_SESSION_ENV, LoadGenerator, Nginx, Sshd, free_port, make_ssh_keys
+
+EXAMPLE = REPO / "examples" / "composeapp"
+
+
+# ---------------------------------------------------------------- pure parts
+
+
+def test_log_lines_count_each_attempt_for_its_own_server():
+    lines = [
+        '2026-11-24T05:00:00+00:00 200 127.0.0.1:8102 200 0.001 "GET / HTTP/1.1"',
+        '2026-11-24T05:00:00+00:00 500 127.0.0.1:8102 500 0.001 "GET / HTTP/1.1"',
+        '2026-11-24T05:00:01+00:00 200 127.0.0.1:8102, 127.0.0.1:8101 502, 200 0.003 "GET / HTTP/1.1"',
+        '2026-11-24T05:00:01+00:00 404 127.0.0.1:8102 404 0.001 "GET /nope HTTP/1.1"',
+        '2026-11-24T05:00:02+00:00 200 127.0.0.1:8101 200 0.001 "GET / HTTP/1.1"',
+        "garbage",
+    ]
+    new = error_rate.count(lines, "127.0.0.1:8102")
+    assert (new.total, new.errors, new.ok) == (4, 2, 1)
+    old = error_rate.count(lines, "127.0.0.1:8101")
+    assert (old.total, old.errors, old.ok) == (2, 0, 2)
+    assert error_rate.attempts('t 502 127.0.0.1:1 - 0.0 "GET /"') == [("127.0.0.1:1", "-")]
+
+
+def _settings(**kw) -> ComposeSettings:
+    base = dict(file="compose.yaml", mode="canary", project="web", service="web", ports={"blue": 8101, "green": 8102},
+                port_env="SHIPFAB_PORT", docker="docker", health=(), ready="", smoke=(), probe_timeout=10,
+                watch_seconds=1, max_error_rate=0.01, min_success=0.995, min_requests=20, steps=(5, 100), interval=1,
+                stop_old=False, min_disk_gb=0)
+    return ComposeSettings(**{**base, **kw})
+
+
+def test_gate_needs_enough_requests_a_low_error_rate_and_high_success():
+    cs = _settings()
+    assert gate_problems(cs, error_rate.Counts(200, 0, 200)) == []
+    assert "only 5 requests" in gate_problems(cs, error_rate.Counts(5, 0, 5))[0]
+    problems = gate_problems(cs, error_rate.Counts(100, 3, 97))
+    assert any("5xx rate 3.0 % > 1 %" in p for p in problems) and any("success 97.0 %" in p for p in problems)
+
+
+def test_live_color_is_the_heaviest_server_not_down():
+    cs = _settings()
+    text = "upstream app {\n server 127.0.0.1:8101 weight=75 max_fails=0;\n server 127.0.0.1:8102 weight=25;\n}\n"
+    assert color_in(text, cs) == "blue"
+    assert color_in("server 127.0.0.1:8101 down;\nserver 127.0.0.1:8102 weight=1;", cs) == "green"
+    assert color_in("server 127.0.0.1:9999;", cs) == ""
+
+
+def test_compose_commands_quote_and_name_the_release_files():
+    layout = Layout("/srv/my app")
+    rel = "20261124T050000Z"
+    assert json.loads(dc.override_text(_settings(), ["web"], rel)) == {"services": {"web": {"image": f"web-web:{rel}"}}}
+    assert dc.built_services({"services": {"web": {"build": {"context": "."}}, "db": {"image": "postgres"}}}) == ["web"]
+    found = dc.parse_ls(json.dumps([{"Name": "web-blue", "Status": "running(1)",
+                                     "ConfigFiles": f"/srv/my app/releases/{rel}/compose.yaml"}]), layout)
+    assert found == {"web-blue": ("running(1)", rel)}
+
+
+def test_inventory_refuses_colors_without_nginx(tmp_path):
+    from fabfile.errors import InventoryError
+
+    inv = tmp_path / "hosts.toml"
+    inv.write_text('[apps.w]\nstack = "compose"\ndeploy_to = "/srv/w"\n[apps.w.compose]\nmode = "blue-green"\n'
+                   'service = "web"\n')
+    with pytest.raises(InventoryError, match="nginx"):
+        load_inventory(inv)
+    inv.write_text('[apps.w]\nstack = "compose"\ndeploy_to = "/srv/w"\n[apps.w.compose]\nsteps = [50, 25]\n')
+    with pytest.raises(InventoryError, match="steps"):
+        load_inventory(inv)
+
+
+# ---------------------------------------------------------------- the rig
+
+
+@pytest.fixture(scope="module")
+def compose_repo(tmp_path_factory) -> Path:
+    """The example app as a git repo: v1, v2, notready (/ready 503), bad (half of / answers 500)."""
+    repo = tmp_path_factory.mktemp("composerepo")
+    for name in ("app.py", "Dockerfile", "compose.yaml"):
+        shutil.copy(EXAMPLE / name, repo / name)
+    git(repo, "init", "-q", "-b", "main")
+
+    def commit(tag: str, **files: str) -> None:
+        (repo / "VERSION").write_text(tag + "\n")
+        for name in ("FAIL_READY", "ERROR_RATE"):
+            (repo / name).unlink(missing_ok=True)
+        for name, text in files.items():
+            (repo / name).write_text(text)
+        git(repo, "add", "-A")
+        git(repo, "commit", "-q", "-m", tag)
+        git(repo, "tag", tag)
+
+    commit("v1")
+    commit("v2")
+    commit("notready", FAIL_READY="1\n")
+    commit("bad", ERROR_RATE="0.5\n")
+    return repo
+
+
+_count = iter(range(1000))
+
+
+@dataclass
+class ComposeWorld:
+    tmp: Path
+    sshd: Sshd
+    nginx: Nginx
+    ports: dict[str, int]
+    project: str
+    inventory: Path
+
+    def fab(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        env = {"PATH": DEFAULT_SESSION_ENV["PATH"], "SHIPFAB_HOSTS": str(self.inventory), "HOME": str(self.tmp)}
+        return subprocess.run([*FAB, "-r", str(REPO), "-H", "api", *args], capture_output=True, text=True, env=env,
+                              timeout=timeout, stdin=subprocess.DEVNULL, cwd=self.tmp)
+
+    @property
+    def deploy_to(self) -> Path:
+        return self.tmp / "srv"
+
+    def log(self) -> list[dict]:
+        path = self.deploy_to / ".shipfab" / "releases.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def current(self) -> str:
+        return (self.deploy_to / "current").readlink().name
+
+    def version(self, port: int | None = None) -> str:
+        url = f"http://127.0.0.1:{port}/version" if port else self.nginx.url + "/version"
+        return urllib.request.urlopen(url, timeout=5).read().decode().strip()
+
+    def log_size(self) -> int:
+        return self.nginx.access_log.stat().st_size if self.nginx.access_log.exists() else 0
+
+    def requests_to(self, port: int, since: int) -> int:
+        text = self.nginx.access_log.read_bytes()[since:].decode()
+        return error_rate.count(text.splitlines(), f"127.0.0.1:{port}").total
+
+
+def make_world(tmp: Path, repo: Path, rig, mode: str, **compose: object) -> ComposeWorld:  # noqa: ANN001
+    keys = make_ssh_keys(tmp / "keys")
+    sshd = Sshd.start(tmp / "sshd", keys, session_env={**DEFAULT_SESSION_ENV, **rig.env})
+    ports = {"blue": free_port(), "green": free_port()}
+    nginx = Nginx.start(tmp / "nginx", f"127.0.0.1:{ports['blue']}", upstream_file=tmp / "upstream.conf")
+    project = f"t{next(_count)}x{tmp.name[-6:].lower().replace('_', '')}"
+    settings = {"mode": mode, "project": project, "service": "web", "ports": ports,
+                "health": ["http://127.0.0.1:{port}/health"], "ready": "http://127.0.0.1:{port}/ready",
+                "smoke": ["curl -fsS http://{addr}/version"], "watch_seconds": 2, "min_requests": 5,
+                "steps": [25, 100], "interval": 2, "probe_timeout": 6, **compose}
+    lines = [
+        "[defaults]",
+        f'known_hosts = "{sshd.known_hosts}"',
+        f'key_filename = "{keys.client_key}"',
+        "[apps.web]",
+        'stack = "compose"',
+        f'deploy_to = "{tmp / "srv"}"',
+        f'checkout = "{repo}"',
+        'branch = "v1"',
+        "keep_releases = 2",
+        "shared_files = []",
+        "shared_dirs = []",
+        "[apps.web.nginx]",
+        *[f"{k} = {json.dumps(v)}" for k, v in nginx.settings().items()],
+        "[apps.web.compose]",
+        *[f"{k} = {json.dumps(v) if not isinstance(v, dict) else _inline(v)}" for k, v in settings.items()],
+        "[hosts.api]",
+        f'hostname = "{sshd.hostname}"',
+        f"port = {sshd.port}",
+        f'user = "{sshd.user}"',
+        'app = "web"',
+    ]
+    inventory = tmp / "hosts.toml"
+    inventory.write_text("\n".join(lines) + "\n")
+    return ComposeWorld(tmp, sshd, nginx, ports, project, inventory)
+
+
+def _inline(d: dict) -> str:
+    return "{ " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in d.items()) + " }"
+
+
+@pytest.fixture
+def world_factory(tmp_path, compose_repo, docker_rig):  # noqa: F811
+    made: list[ComposeWorld] = []
+
+    def make(mode: str, **compose: object) -> ComposeWorld:
+        w = make_world(tmp_path, compose_repo, docker_rig, mode, **compose)
+        made.append(w)
+        return w
+
+    yield make
+    for w in made:
+        for color in ("", "-blue", "-green", "-migrate"):
+            docker_rig.docker("compose", "-p", w.project + color, "down", "--remove-orphans", check=False)
+        w.nginx.stop()
+        w.sshd.stop()
+
+
+def ok(res: subprocess.CompletedProcess[str]) -> str:
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res.stdout
+
+
+def step_time(out: str, step: str) -> float:
+    m = re.search(rf"{step}\s+ok (\d+\.\d+)s", out)
+    assert m, f"no timing for {step} in:\n{out}"
+    return float(m.group(1))
+
+
+# ---------------------------------------------------------------- in place
+
+
+def test_in_place_deploy_then_rollback_uses_the_old_images(world_factory, docker_rig):  # noqa: F811
+    w = world_factory("in-place")
+    out = ok(w.fab("deploy"))
+    assert "build_images" in out
+    port = w.ports["blue"]
+    assert w.version(port) == "v1"
+    first = w.current()
+    assert docker_rig.docker("image", "inspect", f"{w.project}-web:{first}", check=False).returncode == 0
+
+    with LoadGenerator(f"http://127.0.0.1:{port}/version", rate=50) as load:  # the gap in place leaves
+        ok(w.fab("deploy", "--ref", "v2"))
+        result = load.stop()
+    assert w.version(port) == "v2"
+    bad = [x.timestamp for x in result.samples if not x.ok]
+    gap = (max(bad) - min(bad)) if bad else 0.0
+    print(f"in-place gap: {len(bad)} of {result.total} requests failed over {gap:.2f} s")
+    assert gap < 5.0, result.failures
+    second = w.current()
+
+    out = ok(w.fab("rollback"))
+    assert w.version(port) == "v1"
+    assert w.current() == first
+    assert "image(s) of" in out and "present" in out  # the boot check found the images: no rebuild
+    assert [e["status"] for e in w.log() if e["release"] == second][-1] == "rolled_back"
+
+    # a release whose /ready fails: the previous images come back up, exit 1
+    res = w.fab("deploy", "--ref", "notready")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert w.version(port) == "v1"
+    assert w.current() == first
+
+
+# ---------------------------------------------------------------- blue-green
+
+
+def test_blue_green_under_load_a_release_failing_ready_never_gets_traffic(world_factory):
+    w = world_factory("blue-green")
+    ok(w.fab("deploy"))
+    assert w.version() == "v1"
+    with LoadGenerator(w.nginx.url + "/", rate=40) as load:
+        time.sleep(0.5)
+        out = ok(w.fab("deploy", "--ref", "v2"))
+        flip = step_time(out, "go_live")
+        live = re.search(r"(blue|green) takes all requests", out).group(1)
+        time.sleep(0.5)
+        assert w.version() == "v2"
+
+        before = w.log_size()
+        res = w.fab("deploy", "--ref", "notready")
+        assert res.returncode == 1, res.stdout + res.stderr
+        assert "/ready" in res.stdout + res.stderr
+        standby = "green" if live == "blue" else "blue"
+        assert f"{standby} on 127.0.0.1:{w.ports[standby]}" in res.stdout + res.stderr
+        standby_port = w.ports[standby]
+        time.sleep(0.3)
+        assert w.requests_to(standby_port, before) == 0  # it never received a request
+        assert w.version() == "v2"
+
+        out = ok(w.fab("rollback"))
+        rollback_flip = step_time(out, "activate")
+        time.sleep(0.5)
+        assert w.version() == "v1"
+        result = load.stop()
+    assert result.total > 100
+    assert result.failed == 0, result.failures
+    assert flip < 1.0 and rollback_flip < 1.0, (flip, rollback_flip)
+
+    assert "flip in" in out and "up of its images" not in out  # v1 still ran on the standby color: a flip
+    out = ok(w.fab("compose.switch", "--color", live))  # by hand: back to v2's color
+    time.sleep(0.5)
+    assert w.version() == "v2"
+
+
+def test_watch_window_flips_back_when_the_new_color_answers_5xx(world_factory):
+    w = world_factory("blue-green", watch_seconds=8)
+    ok(w.fab("deploy"))
+    with LoadGenerator(w.nginx.url + "/", rate=40) as load:
+        res = w.fab("deploy", "--ref", "bad")
+        load.stop()
+    assert res.returncode == 1, res.stdout + res.stderr
+    out = res.stdout + res.stderr
+    assert "watch window: 5xx rate" in out
+    assert w.version() == "v1"
+    undo = step_time(out, "undo_switch_back")
+    assert undo < 1.5, out
+
+
+# ---------------------------------------------------------------- canary
+
+
+def test_canary_goes_through_every_step_and_a_bad_one_stops_at_25(world_factory):
+    w = world_factory("canary")
+    ok(w.fab("deploy"))
+    with LoadGenerator(w.nginx.url + "/", rate=40) as load:
+        out = ok(w.fab("deploy", "--ref", "v2"))
+        assert "25 %" in out and "100 %" in out
+        assert w.version() == "v2"
+        res = w.fab("compose.canary", "--ref", "bad", "--steps", "25,100", "--interval", "2")
+        result = load.stop()
+    out = res.stdout + res.stderr
+    assert res.returncode == 1, out
+    assert "canary stopped at 25 %" in out
+    assert w.version() == "v2"
+    assert result.total > 100
