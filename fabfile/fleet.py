@@ -114,8 +114,9 @@ def deploy_each(runs: list[HostRun], release_id: str) -> None:
         started = hostflow.now()
         stopped = hostflow.run_steps(run, stack_for(run.app.stack).steps)
         if stopped is None:
+            health = f"; health {health_url(run.app.health, run.target)}" if run.app.health.url else ""
             run.status, run.reason = "success", (f"dry run: would serve {release_id}" if run.options.dry_run
-                                                 else f"serving {release_id}; health {health_url(run.app.health, run.target)}")
+                                                 else f"serving {release_id}{health}")
         hostflow.finish(run, [hostflow.deploy_entry(run, started)], prune=stopped is None)
         if isinstance(stopped, KeyboardInterrupt):
             skip_others(runs, run, f"not started: {hostflow.cause_of(stopped)}")

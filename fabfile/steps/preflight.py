@@ -41,9 +41,10 @@ def required_binaries(app: App) -> list[str]:
     bins = ["tar", "pgrep", app.python]
     if app.repo:
         bins.append("git")
-    if app.health.via == "host":
+    if app.health.via == "host" or app.streamlit:
         bins.append("curl")
-    bins.append({"supervisor": "supervisorctl", "systemd": "systemctl"}.get(app.gunicorn.manager, "kill"))
+    manager = app.streamlit.manager if app.streamlit else app.gunicorn.manager
+    bins.append({"supervisor": "supervisorctl", "systemd": "systemctl"}.get(manager, "kill"))
     if app.preflight.nginx:
         bins.append("nginx")
     db = app.database
@@ -81,7 +82,7 @@ def facts_cmd(app: App, layout: Layout) -> str:
         f"$(cat {q(layout.current + '/REVISION')} 2>/dev/null)\"",
     ]
     host, _, port = app.gunicorn.bind.rpartition(":")
-    if host and port.isdigit() and not app.gunicorn.bind.startswith("unix:"):
+    if app.stack == "gunicorn" and host and port.isdigit() and not app.gunicorn.bind.startswith("unix:"):
         lines.append(f"[ -L {q(layout.current)} ] || {q(app.python)} -c {q(PORT_PROBE)} {q(host.strip('[]'))} {q(port)}")
     if app.preflight.nginx:
         conf = f" -c {q(app.preflight.nginx_conf)}" if app.preflight.nginx_conf else ""
