@@ -9,11 +9,11 @@ from __future__ import annotations
 import sys
 
 from fabric import task
-from invoke import Collection
+from invoke import Collection, Exit
 
-from . import compose_tasks, env_tasks, errors, fleet, hostkeys, worker_tasks
+from . import compose_tasks, env_tasks, errors, fleet, hostkeys, streamlit_tasks, worker_tasks
 from .cli import duration, known_release, on_each_host, options_for, printer_for, run_cli, targets
-from .context import HostRun, Options
+from .context import DEPLOY_KINDS, HostRun, Options
 from .db_tasks import backup_db, db_check, migrate, restore_db  # noqa: F401  (tasks of the namespace)
 from .output import table
 from .probes.http import wait_healthy
@@ -32,12 +32,16 @@ from .strategies import symlink
             "full-restart": "stop+start gunicorn instead of a graceful reload",
             "skip-checks": "skip the pre-flight checks (logged)", "json": "write a JSON summary to this file",
             "skip-backup": "no database snapshot before migrating (logged; a failed migration cannot be undone)",
-            "verbose": "show every remote command and its output", "quiet": "only problems and the summary"})
+            "verbose": "show every remote command and its output", "quiet": "only problems and the summary",
+            "message": "what this deploy changes (stored in the release log)",
+            "kind": "the kind of change: " + "|".join(DEPLOY_KINDS) + " (stored in the release log)"})
 def deploy(c, ref=None, dry_run=False, full_restart=False, skip_checks=False, skip_backup=False, json=None, verbose=False,
-           quiet=False):
+           quiet=False, message=None, kind=None):
     """Deploy a git ref: checks, lock, code, venv, switch, reload, health check (auto-rollback on failure)."""
+    if kind and kind not in DEPLOY_KINDS:
+        raise Exit(f"shipfab: --kind must be one of {', '.join(DEPLOY_KINDS)}, got {kind!r}", code=errors.USAGE)
     printer, options = options_for(dry_run, verbose, quiet, ref=ref, full_restart=full_restart, skip_checks=skip_checks,
-                                   skip_backup=skip_backup,
+                                   skip_backup=skip_backup, message=message or "", kind=kind or "",
                                 json_path=json)
     run_cli(lambda: fleet.deploy(targets(c, printer), printer, options))
 
@@ -65,8 +69,8 @@ def releases(c):
             snap = backup.rsplit("/", 1)[-1] if backup.rsplit("/", 1)[-1] in run.state.snapshots else "-"
             rows.append([("* " if rid == run.state.current else "  ") + rid, (r.get("revision") or "")[:10],
                          r.get("ref", ""), r.get("user", ""), r.get("started", ""), duration(r),
-                         r.get("status", "incomplete"), snap])
-        printer.line(table(["release", "revision", "ref", "who", "started", "took", "status", "snapshot"], rows),
+                         r.get("status", "incomplete"), snap, streamlit_tasks.notes(r)])
+        printer.line(table(["release", "revision", "ref", "who", "started", "took", "status", "snapshot", "notes"], rows),
                      run.host, level=0)
         return f"{len(rows)} release(s), current {run.state.current or '(none)'}"
 
@@ -255,3 +259,5 @@ ns.add_task(restart_gunicorn, name="restart")  # the name before the design card
 ns.add_collection(Collection("env", env_tasks.push, env_tasks.diff))
 ns.add_collection(Collection("worker", worker_tasks.gate, worker_tasks.restart, worker_tasks.cron, worker_tasks.stop))
 ns.add_collection(Collection("compose", compose_tasks.switch, compose_tasks.canary))
+ns.add_task(streamlit_tasks.watch)
+ns.add_collection(streamlit_tasks.ns)

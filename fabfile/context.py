@@ -18,6 +18,8 @@ from .output import Printer
 from .release import Release
 from .remote import Remote
 
+DEPLOY_KINDS = ("dictionary", "schema", "patterns", "major")  # deploy --kind: what sort of change it is
+
 
 @dataclass(frozen=True)
 class Options:
@@ -28,6 +30,8 @@ class Options:
     skip_checks: bool = False
     skip_backup: bool = False
     json_path: str | None = None
+    message: str = ""  # --message: what this deploy changes, in the release log
+    kind: str = ""  # --kind: dictionary | schema | patterns | major (the guide's change types)
 
 
 @dataclass(frozen=True)

@@ -174,6 +174,9 @@ def deploy_entry(run: HostRun, started: str) -> dict[str, Any]:
         "preflight": "skipped (--skip-checks)" if run.options.skip_checks else "passed",
         "timings": {k: round(v, 3) for k, v in run.timings.items()},
         "reason": run.reason,
+        **({"message": run.options.message} if run.options.message else {}),
+        **({"kind": run.options.kind} if run.options.kind else {}),
+        **release.record,
     }
 
 

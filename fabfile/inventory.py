@@ -25,7 +25,7 @@ from typing import Any
 from .errors import InventoryError
 from .secret_rule import unwrap_marked
 
-STACKS = ("gunicorn", "worker", "compose")
+STACKS = ("gunicorn", "worker", "compose", "streamlit")
 URL_HEALTH_STACKS = ("gunicorn",)  # stacks whose [health] url is required
 MANAGERS = ("systemd", "supervisor", "pidfile")
 ENGINES = ("postgresql", "sqlite")
@@ -34,6 +34,7 @@ HEALTH_VIA = ("controller", "host")
 MAX_DEPTH = 32  # tables and arrays nested deeper than this are not an inventory
 MAX_SHOWN = 60  # characters of a value quoted in a message
 SANDBOX_PORT = "{sandbox_port}"  # in gunicorn.bind / health.url of a local host: a port of its own per sandbox
+SANDBOX_PORT_RE = re.compile(r"\{sandbox_port(?:\+(\d{1,2}))?\}")  # {sandbox_port+1}: the next port (several instances)
 SANDBOX_PORTS = (20000, 10000)  # first port, how many: below Linux's ephemeral range (32768-60999)
 
 # Schema: key -> (type, default[, Range]). A default of REQUIRED means the key must be given.
@@ -185,6 +186,26 @@ COMPOSE_SCHEMA: dict[str, tuple[Any, ...]] = {
     "min_disk_gb": ((int, float), 0, Range(0, 10**6)),  # free space needed under docker's data root
 }
 
+STREAMLIT_SCHEMA: dict[str, tuple[Any, ...]] = {
+    "script": (str, ""),  # the app's script, relative to the release (required by the streamlit stack)
+    "instances": (list, []),  # [{ port = 8501, role = "primary" }, { port = 8504, role = "staging" }]
+    "manager": (str, "pidfile"),  # supervisor program / systemd unit per port: <program>-<port> / <program>@<port>
+    "program": (str, ""),  # default: the app name
+    "supervisor_conf": (str, ""),
+    "sudo": (bool, False),
+    "address": (str, "127.0.0.1"),  # --server.address of every instance
+    "options": (dict, {}),  # more `streamlit run` options: { "server.maxUploadSize" = 200 }
+    "restart_timeout": ((int, float), 60, TIMEOUT),  # one instance: restart until health + page answer
+    "boot_check": (bool, True),  # run the script once with streamlit's AppTest before anything restarts
+}
+
+WATCH_SCHEMA: dict[str, tuple[Any, ...]] = {
+    "seconds": ((int, float), 60, Range(0, 86400, why="seconds; 0 = no watch")),
+    "max_cpu_percent": ((int, float), 50, Range(0, 100000, above=True, why="percent of one core, averaged")),
+    "max_memory_mb": ((int, float), 1000, Range(0, 2**40, above=True, why="MiB of RSS per instance")),
+    "interval": ((int, float), 2, Range(0.1, 3600, why="seconds between samples")),
+}
+
 NGINX_SCHEMA: dict[str, tuple[Any, ...]] = {
     "upstream_file": (str, REQUIRED),  # the include file shipfab owns: one `upstream NAME { ... }` block
     "upstream": (str, "app"),  # the upstream's name, as nginx.conf's proxy_pass uses it
@@ -216,6 +237,8 @@ APP_SCHEMA: dict[str, tuple[Any, ...]] = {
     "public_keys": (list, []),  # .env keys whose values are not secret although their names match the rule
     "worker": (dict, {}),
     "compose": (dict, {}),
+    "streamlit": (dict, {}),
+    "watch": (dict, {}),  # the streamlit stack's watch window after a deploy
 }
 
 CONNECTION_SCHEMA: dict[str, tuple[Any, ...]] = {
@@ -379,6 +402,35 @@ class ComposeSettings:
 
 
 @dataclass(frozen=True)
+class StreamlitInstance:
+    port: int
+    role: str  # primary (serves users, behind nginx) | staging (gets a release first)
+
+
+@dataclass(frozen=True)
+class WatchSettings:
+    seconds: float
+    max_cpu_percent: float
+    max_memory_mb: float
+    interval: float
+
+
+@dataclass(frozen=True)
+class StreamlitSettings:
+    script: str
+    instances: tuple[StreamlitInstance, ...]
+    manager: str
+    program: str
+    supervisor_conf: str
+    sudo: bool
+    address: str
+    options: tuple[tuple[str, str], ...]
+    restart_timeout: float
+    boot_check: bool
+    watch: WatchSettings
+
+
+@dataclass(frozen=True)
 class App:
     name: str
     stack: str
@@ -403,6 +455,7 @@ class App:
     nginx: NginxSettings | None = None
     worker: WorkerSettings | None = None
     compose: ComposeSettings | None = None
+    streamlit: StreamlitSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -717,6 +770,7 @@ def _build_app(
         worker=_worker(a["worker"], f"{key}.worker", where, deploy_to, a["stack"]) if a["stack"] == "worker" or a["worker"]
         else None,
         compose=_compose(a["compose"], f"{key}.compose", where, name, a["nginx"]) if a["stack"] == "compose" else None,
+        streamlit=_streamlit(a, name, key, where, deploy_to, local) if a["stack"] == "streamlit" else None,
     )
 
 
@@ -780,6 +834,8 @@ def _one_command(cmd: str, key: str, where: _Where, allow_empty: bool = False) -
     """A command from hosts.toml: one line (a crontab line, a launcher argument), not empty."""
     if "\n" in cmd or (not cmd.strip() and not allow_empty):
         where.fail(key, f"must be one non-empty line, got {_show(cmd)}")
+
+
 COMPOSE_MODES = ("in-place", "blue-green", "canary")
 
 
@@ -815,6 +871,55 @@ def _compose(raw: dict[str, Any], key: str, where: _Where, app: str, nginx: dict
                               "smoke": _strings(c["smoke"], f"{key}.smoke", where), "steps": tuple(c["steps"])})
 
 
+STREAMLIT_ROLES = ("primary", "staging")
+STREAMLIT_MANAGED_OPTIONS = ("server.port", "server.address", "server.headless", "server.scriptHealthCheckEnabled")
+
+
+def _streamlit(a: dict[str, Any], name: str, key: str, where: _Where, deploy_to: str, local: bool | None) -> StreamlitSettings:
+    s = _check_table(a["streamlit"], STREAMLIT_SCHEMA, f"{key}.streamlit", where)
+    w = _check_table(a["watch"], WATCH_SCHEMA, f"{key}.watch", where)
+    _choice(s["manager"], MANAGERS, f"{key}.streamlit.manager", where)
+    script = s["script"]
+    if not script:
+        where.fail(f"{key}.streamlit.script", "missing required key (the app's script, e.g. \"app.py\")")
+    if script.startswith("/") or ".." in script.split("/") or not script.endswith(".py"):
+        where.fail(f"{key}.streamlit.script", f"must be a .py file inside the release, got {_show(script)}")
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]+", s["address"]):
+        where.fail(f"{key}.streamlit.address", f"not an address: {_show(s['address'])}")
+    instances, ports = [], set()
+    for i, raw in enumerate(s["instances"]):
+        ikey = f"{key}.streamlit.instances[{i}]"
+        _expect(raw, dict, ikey, where)
+        inst = _check_table(raw, {"port": ((int, str), REQUIRED), "role": (str, "primary")}, ikey, where)
+        _choice(inst["role"], STREAMLIT_ROLES, f"{ikey}.role", where)
+        port = inst["port"]
+        if isinstance(port, str):
+            filled = _sandbox_port(port, f"{ikey}.port", deploy_to, bool(local), where) if local is not None else "1"
+            if not filled.isdigit():
+                where.fail(f"{ikey}.port", f"expected a port number or \"{SANDBOX_PORT}\", got {_show(port)}")
+            port = int(filled)
+        problem = PORT.problem(port)
+        if problem:
+            where.fail(f"{ikey}.port", problem)
+        if port in ports and local is not None:
+            where.fail(f"{ikey}.port", f"port {port} is given twice")
+        ports.add(port)
+        instances.append(StreamlitInstance(port=port, role=inst["role"]))
+    if not any(i.role == "primary" for i in instances):
+        where.fail(f"{key}.streamlit.instances", "needs at least one instance with role = \"primary\"")
+    options = []
+    for opt, value in s["options"].items():
+        okey = _key(f"{key}.streamlit.options", opt)
+        if not re.fullmatch(r"[a-z]+\.[A-Za-z]+", opt):
+            where.fail(okey, "not a streamlit option name like \"server.maxUploadSize\"")
+        if opt in STREAMLIT_MANAGED_OPTIONS:
+            where.fail(okey, "set by shipfab (instances / address)")
+        _expect(value, (str, int, float, bool), okey, where)
+        options.append((opt, str(value).lower() if isinstance(value, bool) else str(value)))
+    return StreamlitSettings(**{**s, "program": s["program"] or name, "instances": tuple(instances),
+                                "options": tuple(options), "watch": WatchSettings(**w)})
+
+
 def sandbox_port(deploy_to: str) -> int:
     """The local sandbox's port, derived from its directory: two clones on one machine get two ports."""
     digest = hashlib.sha256(deploy_to.encode()).digest()
@@ -824,11 +929,16 @@ def sandbox_port(deploy_to: str) -> int:
 
 def _sandbox_port(value: str, key: str, deploy_to: str, local: bool, where: _Where) -> str:
     """`{sandbox_port}` filled in for the local host; refused on an ssh host (it has no sandbox)."""
-    if SANDBOX_PORT not in value:
+    if not SANDBOX_PORT_RE.search(value):
         return value
     if not local:
         where.fail(key, f"{SANDBOX_PORT} is only for a local (sandbox) host; give an ssh host a real port")
-    return value.replace(SANDBOX_PORT, str(sandbox_port(deploy_to)))
+    return fill_sandbox_port(value, sandbox_port(deploy_to))
+
+
+def fill_sandbox_port(value: str, port: int) -> str:
+    """`{sandbox_port}` -> port, `{sandbox_port+N}` -> port + N (a sandbox with several ports)."""
+    return SANDBOX_PORT_RE.sub(lambda m: str(port + int(m.group(1) or 0)), value)
 
 
 def _requirements(values: list[Any], key: str, where: _Where) -> tuple[str, ...]:

@@ -7,6 +7,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 ID_FORMAT = "%Y%m%dT%H%M%SZ"
 
@@ -43,3 +44,4 @@ class Release:
     backup_at: float = 0.0  # when that snapshot's view of the database was taken (the host's clock, epoch s)
     migrated: bool = False  # a migration was applied: the schema fingerprint changed (on this host)
     timings: dict[str, float] = field(default_factory=dict)
+    record: dict[str, Any] = field(default_factory=dict)  # a stack's facts for the log entry (streamlit: state before/after)

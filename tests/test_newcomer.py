@@ -99,7 +99,7 @@ def test_an_unknown_host_is_one_line_with_the_known_names():
     assert res.returncode == 64, res.stderr
     assert res.stderr.strip().splitlines() == [
         "shipfab: unknown host or group 'locl': not in hosts.toml, ~/.ssh/config or DNS. Did you mean local or "
-        "local-worker? Known hosts: local, local-worker; groups: (none)"]
+        "local-worker? Known hosts: local, local-streamlit, local-worker; groups: (none)"]
     assert res.stdout == ""
 
 

@@ -14,7 +14,7 @@ import pytest
 from fabfile.inventory import NginxSettings
 from fabfile.steps import nginx_upstream
 
-from .services import Nginx, free_port
+from .services import Nginx, children, free_port
 
 
 def test_render_weights_and_drained_servers():
@@ -53,6 +53,14 @@ def _backend(name: str) -> tuple[ThreadingHTTPServer, str]:
     return server, f"127.0.0.1:{server.server_address[1]}"
 
 
+def _old_workers_gone(nginx: Nginx) -> None:
+    """After a graceful reload the old worker may still take a connection for a moment: wait
+    until only the new one (worker_processes 1) is left."""
+    deadline = time.monotonic() + 15
+    while len(children(nginx.proc.pid)) > 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def _publish(settings: NginxSettings, text: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["bash", "-c", nginx_upstream.publish_cmd(settings)], input=text, capture_output=True,
                           text=True)
@@ -79,6 +87,7 @@ def test_publish_switches_a_real_nginx_and_a_refused_file_is_put_back(tmp_path):
                 break
             time.sleep(0.1)
         assert body == b"green"
+        _old_workers_gone(nginx)
 
         good = (tmp_path / "upstream.conf").read_text()
         refused = _publish(settings, "upstream app { server nowhere.invalid:1 bogus_option; }\n")

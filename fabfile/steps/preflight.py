@@ -41,10 +41,10 @@ def required_binaries(app: App) -> list[str]:
     bins = ["tar", "pgrep", app.python]
     if app.repo:
         bins.append("git")
-    if app.health.via == "host":
+    if app.health.via == "host" or app.streamlit:
         bins.append("curl")
-    manager = app.worker.manager if app.worker is not None else app.gunicorn.manager
-    bins.append({"supervisor": "supervisorctl", "systemd": "systemctl"}.get(manager, "kill"))
+    settings = app.worker or app.streamlit or app.gunicorn  # whose processes run under the manager
+    bins.append({"supervisor": "supervisorctl", "systemd": "systemctl"}.get(settings.manager, "kill"))
     if app.worker is not None and app.worker.cron and not app.worker.crontab:
         bins.append("crontab")
     if app.preflight.nginx:
