@@ -87,13 +87,21 @@ def migrate_step(run: HostRun, wrap: Callable[[HostRun, str, list[str]], str] | 
     run.printer.line(f"migrate: {window}", run.host)
     run.on_undo("restore_db", lambda: undo_migration(run, conn, before))
     command = wrap(run, db.migrate, sorted({*pg_env(conn), *app_env(run)})) if wrap else db.migrate
-    detail = migrate(run.remote, conn, run.layout, run.release.id, command, run.app.python, app_env(run))
+    detail = migrate(run.remote, conn, run.layout, run.release.id, command, run.app.python, app_env(run),
+                     shown=db.migrate)
     if run.options.dry_run:
         return detail
     after = fingerprint(run.remote, conn, run.app.python)
     run.release.migrated = after.digest != before.digest
-    change = f"{before.describe()} -> {after.describe()}" if run.release.migrated else "schema unchanged"
+    change = changed_schema(before, after) if run.release.migrated else "schema unchanged"
     return f"{detail}; {change}"
+
+
+def changed_schema(before: Fingerprint, after: Fingerprint) -> str:
+    """`alembic 0001 -> alembic 0002`; the digests too when the versions do not tell (no alembic)."""
+    if before.describe() == after.describe():
+        return f"{before.describe()}, schema {before.digest[:8]} -> {after.digest[:8]}"
+    return f"{before.describe()} -> {after.describe()}"
 
 
 def undo_migration(run: HostRun, conn: DbConn, before: Fingerprint) -> str:
@@ -110,7 +118,7 @@ def undo_migration(run: HostRun, conn: DbConn, before: Fingerprint) -> str:
     now = fingerprint(run.remote, conn, run.app.python)
     if now.digest == before.digest:
         return "the migration rolled itself back (schema unchanged): nothing to restore"
-    changed = f"the migration changed the schema ({before.describe()} -> {now.describe()})"
+    changed = f"the migration changed the schema ({changed_schema(before, now)})"
     if not run.release.backup:
         why = "--skip-backup was given" if run.options.skip_backup else "there was no database before this deploy"
         raise DatabaseNotRestored(f"{run.host}: {changed} and there is no snapshot to restore ({why}): "

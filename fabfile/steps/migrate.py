@@ -54,8 +54,10 @@ def output_tail(output: str, lines: int = 6) -> str:
 
 
 def migrate(remote: Remote, conn: DbConn, layout: Layout, release_id: str, command: str, python: str,
-            app_env: dict[str, str]) -> str:
-    """Run the migration command, streaming its output; MigrationFailed (naming its first error) when it fails."""
+            app_env: dict[str, str], shown: str = "") -> str:
+    """Run the migration command, streaming its output; MigrationFailed (naming its first error) when it fails.
+    `shown` names the command in messages when `command` wraps it (a one-off container)."""
+    shown = shown or command
     stream = LineStream(lambda line: remote.printer.line(line, remote.host, level=1))
     res = remote.run(migrate_cmd(python, layout, release_id, command), warn=True, show_output=False,
                      stdin=launcher_stdin(conn, app_env), out_stream=stream)
@@ -66,8 +68,8 @@ def migrate(remote: Remote, conn: DbConn, layout: Layout, release_id: str, comma
     if not res.ok:
         cause = first_error(output)
         raise MigrationFailed(
-            f"{remote.host}: migration `{command}` failed (exit {res.exited}) in release {release_id}: "
+            f"{remote.host}: migration `{shown}` failed (exit {res.exited}) in release {release_id}: "
             f"{cause or 'it printed no error line'}\nits last lines:\n{output_tail(output) or '(no output)'}",
             output,
         )
-    return f"`{command}` ok"
+    return f"`{shown}` ok"
