@@ -64,7 +64,7 @@ def health(c, target=""):
     redact = Redactor(inventory.secrets)
     for t in targets:
         redact.add_env(local_env(), t.app)
-    with ThreadPoolExecutor(max_workers=min(16, len(targets) or 1)) as pool:
+    with ThreadPoolExecutor(max_workers=min(inventory.parallel, len(targets) or 1)) as pool:
         rows = list(pool.map(lambda t: _health_row(t, redact), targets))
     # Masked once every host's secrets are known, and before cutting (half a secret is a leak).
     rows = [[_clip(cell) for cell in row] for row in redact.mask_data(rows)]

@@ -12,10 +12,11 @@ from fabric import task
 from invoke import Collection, Exit
 
 from . import compose_tasks, env_tasks, errors, fleet, hostkeys, streamlit_tasks, worker_tasks
-from .cli import duration, known_release, on_each_host, options_for, printer_for, run_cli, targets
+from .cli import duration, fleet_targets, known_release, on_each_host, on_fleet, options_for, printer_for, run_cli, targets
 from .context import DEPLOY_KINDS, HostRun, Options
 from .db_tasks import backup_db, db_check, migrate, restore_db  # noqa: F401  (tasks of the namespace)
 from .output import table
+from .parallel import Stop
 from .probes.http import wait_healthy
 from .release import Release, new_release_id
 from .remote import open_connection
@@ -27,6 +28,13 @@ from .steps.host_state import read_state
 from .steps.preflight import run_checks
 from .strategies import symlink
 
+FLEET_HELP = {
+    "parallel": "hosts worked on at once (default: hosts.toml [defaults] parallel, else 10)",
+    "batch": "N or P%: publish + verify that many hosts at a time, batch after batch (default: all at once)",
+    "max-fail": "N or P%: failed hosts tolerated before no new batch starts (default 0)",
+    "all-or-nothing": "if any host fails, also roll back the hosts that already published",
+}
+
 
 @task(help={"ref": "git ref to deploy (default: the app's branch)", "dry-run": "print the commands, change nothing",
             "full-restart": "stop+start gunicorn instead of a graceful reload",
@@ -34,25 +42,30 @@ from .strategies import symlink
             "skip-backup": "no database snapshot before migrating (logged; a failed migration cannot be undone)",
             "verbose": "show every remote command and its output", "quiet": "only problems and the summary",
             "message": "what this deploy changes (stored in the release log)",
-            "kind": "the kind of change: " + "|".join(DEPLOY_KINDS) + " (stored in the release log)"})
+            "kind": "the kind of change: " + "|".join(DEPLOY_KINDS) + " (stored in the release log)",
+            **FLEET_HELP})
 def deploy(c, ref=None, dry_run=False, full_restart=False, skip_checks=False, skip_backup=False, json=None, verbose=False,
-           quiet=False, message=None, kind=None):
+           quiet=False, message=None, kind=None, parallel=None, batch=None, max_fail=None, all_or_nothing=False):
     """Deploy a git ref: checks, lock, code, venv, switch, reload, health check (auto-rollback on failure)."""
     if kind and kind not in DEPLOY_KINDS:
         raise Exit(f"shipfab: --kind must be one of {', '.join(DEPLOY_KINDS)}, got {kind!r}", code=errors.USAGE)
     printer, options = options_for(dry_run, verbose, quiet, ref=ref, full_restart=full_restart, skip_checks=skip_checks,
                                    skip_backup=skip_backup, message=message or "", kind=kind or "",
-                                json_path=json)
-    run_cli(lambda: fleet.deploy(targets(c, printer), printer, options))
+                                   json_path=json, batch=batch or "", max_fail=max_fail or "",
+                                   all_or_nothing=all_or_nothing)
+    run_cli(lambda: on_fleet(c, printer, options, parallel, fleet.deploy))
 
 
 @task(help={"to": "release id to go back to (default: the one before current)", "json": "write a JSON summary here",
             "with-db": "also restore the database snapshot taken before the left release's migrations",
-            "yes": "do not ask before restoring the database"})
-def rollback(c, to=None, with_db=False, yes=False, dry_run=False, json=None, verbose=False, quiet=False):
+            "yes": "do not ask before restoring the database", **FLEET_HELP})
+def rollback(c, to=None, with_db=False, yes=False, dry_run=False, json=None, verbose=False, quiet=False, parallel=None,
+             batch=None, max_fail=None, all_or_nothing=False):
     """Switch back to the previous release (or --to ID), reload and health-check it (--with-db: the database too)."""
-    printer, options = options_for(dry_run, verbose, quiet, json_path=json)
-    run_cli(lambda: fleet.rollback(targets(c, printer), printer, options, to=to, with_db=with_db, yes=yes))
+    printer, options = options_for(dry_run, verbose, quiet, json_path=json, batch=batch or "", max_fail=max_fail or "",
+                                   all_or_nothing=all_or_nothing)
+    run_cli(lambda: on_fleet(c, printer, options, parallel,
+                             lambda found, p, opts: fleet.rollback(found, p, opts, to=to, with_db=with_db, yes=yes)))
 
 
 @task
@@ -150,20 +163,21 @@ def check(c, ref=None, json=None):
     printer, options = options_for(False, False, False, ref=ref, json_path=json)
 
     def run_all() -> int:
-        runs = fleet.make_runs(targets(c, printer), printer, options)
-        try:
-            for run in runs:
-                run.checks = run_checks(run.remote, run.target, run.options.ref)
-            fleet.print_checks(runs, printer, always_show=True)
-            for run in runs:
-                bad = [f"{k.name}: {k.detail}" for k in run.checks if not k.ok and not k.warning]
-                if bad:
-                    run.fail("preflight_failed", errors.PREFLIGHT_FAILED, "; ".join(bad))
-                else:
-                    run.status = "ok"
-        finally:
-            for run in runs:
-                run.remote.close()
+        found, opts = fleet_targets(c, printer, options)
+        runs = fleet.make_runs(found, printer, opts)
+
+        def one(run: HostRun) -> None:
+            run.checks = run_checks(run.remote, run.target, run.options.ref)
+            run.remote.close()
+
+        fleet.pool(runs, one, Stop())
+        fleet.print_checks(runs, printer, always_show=True)
+        for run in runs:
+            bad = [f"{k.name}: {k.detail}" for k in run.checks if not k.ok and not k.warning]
+            if bad:
+                run.fail("preflight_failed", errors.PREFLIGHT_FAILED, "; ".join(bad))
+            else:
+                run.status = "ok"
         return fleet.summarize(runs, printer, "check", timings=False)
 
     run_cli(run_all)
@@ -171,29 +185,42 @@ def check(c, ref=None, json=None):
 
 @task
 def history(c):
-    """The current release of every host of the target, flagging hosts that differ from the others."""
+    """Per host: the current release and the releases that served before it (from its log), hosts in parallel;
+    flags hosts that do not run the same code as the others."""
     printer = printer_for()
 
     def run_all() -> int:
-        runs = fleet.make_runs(targets(c, printer), printer, Options())
-        rows = []
-        try:
-            for run in runs:
+        found, opts = fleet_targets(c, printer, Options())
+        runs = fleet.make_runs(found, printer, opts)
+
+        def one(run: HostRun) -> None:
+            try:
                 run.state, _ = read_state(run.remote, run.layout)
-                record = release_log.fold(run.state.events).get(run.state.current, {})
-                rows.append([run.remote.host, run.state.current or "(none)", (record.get("revision") or "")[:10],
-                             record.get("ref", ""), record.get("user", ""), record.get("finished", ""),
-                             len(run.state.releases)])
-                run.status = "ok"
-        finally:
-            for run in runs:
+            finally:
                 run.remote.close()
+
+        fleet.pool(runs, one, Stop())
+        rows = []
+        for run in runs:
+            records = release_log.fold(run.state.events)
+            record = records.get(run.state.current, {})
+            served = [rid for rid, r in records.items() if r.get("status") in ("success", "rolled_back")
+                      and rid != run.state.current][-3:]
+            rows.append([run.remote.host, run.state.current or "(none)", (record.get("revision") or "")[:10],
+                         record.get("ref", ""), record.get("user", ""), record.get("finished", ""),
+                         len(run.state.releases), " ".join(reversed(served)) or "-"])
+            run.status = "ok"
         # Same revision = same code, even when deployed under another release id.
         keys = [row[2] or row[1] for row in rows]
         majority = max(set(keys), key=keys.count) if keys else ""
         for row, key in zip(rows, keys, strict=True):
             row.append("" if key == majority else "DIFFERS")
-        printer.line(table(["host", "current", "revision", "ref", "who", "deployed", "releases", "drift"], rows), level=0)
+        printer.line(table(["host", "current", "revision", "ref", "who", "deployed", "releases", "served before",
+                            "drift"], rows), level=0)
+        differ = [f"{row[0]} ({row[1]})" for row in rows if row[-1]]
+        if differ:
+            printer.line(f"not on the same release as the others ({rows[keys.index(majority)][1]}): {', '.join(differ)}",
+                         level=0)
         return errors.OK
 
     run_cli(run_all)
@@ -214,7 +241,8 @@ def trust(c, replace=False):
 
     def run_all() -> int:
         ssh_targets = [t for t in targets(c, printer) if not t.local]
-        return fleet.each_host(ssh_targets, printer, Options(), "trust", step, locked=False, read_state=False)
+        # one host at a time: each rewrites the same known_hosts file
+        return fleet.each_host(ssh_targets, printer, Options(parallel=1), "trust", step, locked=False, read_state=False)
 
     run_cli(run_all)
 

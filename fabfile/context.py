@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import errors
-from .inventory import App, Target
+from .inventory import DEFAULT_PARALLEL, App, Target
 from .layout import Layout
 from .output import Printer
 from .release import Release
@@ -32,6 +32,10 @@ class Options:
     json_path: str | None = None
     message: str = ""  # --message: what this deploy changes, in the release log
     kind: str = ""  # --kind: dictionary | schema | patterns | major (the guide's change types)
+    parallel: int = DEFAULT_PARALLEL  # hosts worked on at once (the tasks: --parallel, else hosts.toml)
+    batch: str = ""  # --batch N|P%: publish + verify that many hosts at a time ("" = all at once)
+    max_fail: str = ""  # --max-fail N|P%: failed hosts tolerated before no new batch starts ("" = 0)
+    all_or_nothing: bool = False  # a failed host rolls back the hosts that already published too
 
 
 @dataclass(frozen=True)

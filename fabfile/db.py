@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote, urlsplit
@@ -152,13 +153,18 @@ def handles_database(target: Target, primary_name: str) -> bool:
     return db is not None and (db.engine == "sqlite" or target.name == primary_name)
 
 
+_ASKING = threading.Lock()
+
+
 def confirm(question: str, yes: bool) -> None:
     """Ask on the terminal; refuse clearly when there is none and --yes was not given."""
     if yes:
         return
     if not sys.stdin or not sys.stdin.isatty():
         raise UsageError(f"{question} Not confirmed: stdin is not a terminal; add --yes to go ahead")
-    if input(f"{question} [y/N] ").strip().lower() not in ("y", "yes"):
+    with _ASKING:  # hosts of a fleet ask one at a time
+        answer = input(f"{question} [y/N] ")
+    if answer.strip().lower() not in ("y", "yes"):
         raise UsageError("not confirmed: nothing was changed")
 
 

@@ -2,6 +2,10 @@
 registering its undo before it changes anything -> on failure the undos in reverse ->
 log -> prune -> unlock.
 
+A fleet runs a host's steps in parts (`plan`: the segments before publishing, then publish +
+verify); the undo list lives on the HostRun across the parts, so a host can still be undone
+after all of its steps ran (--all-or-nothing, or a stop before its batch published).
+
 Undos run on a fresh connection, under the host's busy flock (a command orphaned by a
 dropped link finishes first), shielded from further signals, and each decides from the
 host as it finds it. Exit codes: see errors.py.
@@ -16,6 +20,7 @@ from . import errors, signals
 from .context import HostRun, HostState
 from .db import DatabaseNotRestored, handles_database
 from .errors import LockHeld, ManualAction, ShipfabError
+from .parallel import Stop
 from .release import who
 from .remote import ConnectionLost, HostKeyRejected, Unreachable
 from .stacks import stack_for
@@ -103,11 +108,31 @@ def unlock(run: HostRun) -> None:
 # ---------------------------------------------------------------- steps and undo
 
 
-def run_steps(run: HostRun, steps: tuple[Step, ...] | list[Step]) -> BaseException | None:
-    """Run the steps in order; on failure undo everything registered. Returns what stopped
-    them (None: all ran). A KeyboardInterrupt is returned too, after the undo."""
+PUBLISHING = ("publish", "verify")
+
+
+def plan(steps: tuple[Step, ...] | list[Step]) -> tuple[list[list[Step]], list[Step]]:
+    """A host's steps for a fleet: the segments before its first publish/verify step (a new
+    segment at each change of phase: the fleet waits for every host between two, so the
+    primary's migrations finish before any host's next step), and the rest (per batch)."""
+    cut = next((i for i, s in enumerate(steps) if s.phase in PUBLISHING), len(steps))
+    segments: list[list[Step]] = []
+    for step in steps[:cut]:
+        if segments and segments[-1][-1].phase == step.phase:
+            segments[-1].append(step)
+        else:
+            segments.append([step])
+    return segments, list(steps[cut:])
+
+
+def run_steps(run: HostRun, steps: tuple[Step, ...] | list[Step], stop: Stop | None = None) -> BaseException | None:
+    """Run the steps in order (asking `stop` before each: a fleet stops its hosts at a step
+    boundary); on failure undo everything registered so far, in earlier calls too. Returns
+    what stopped them (None: all ran). A KeyboardInterrupt is returned too, after the undo."""
     try:
         for step in steps:
+            if stop is not None:
+                stop.check()
             run.timed(step.name, lambda step=step: step.run(run))
     except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - every failure is undone, then reported
         undo(run, cause_of(exc))

@@ -31,6 +31,7 @@ MANAGERS = ("systemd", "supervisor", "pidfile")
 ENGINES = ("postgresql", "sqlite")
 HEALTH_VIA = ("controller", "host")
 
+DEFAULT_PARALLEL = 10  # hosts of a fleet worked on at once
 MAX_DEPTH = 32  # tables and arrays nested deeper than this are not an inventory
 MAX_SHOWN = 60  # characters of a value quoted in a message
 SANDBOX_PORT = "{sandbox_port}"  # in gunicorn.bind / health.url of a local host: a port of its own per sandbox
@@ -249,6 +250,11 @@ CONNECTION_SCHEMA: dict[str, tuple[Any, ...]] = {
     "known_hosts": (str, ""),
     "connect_timeout": ((int, float), 10, TIMEOUT),
     "app": (str, ""),
+}
+
+# [defaults] only: how a fleet is worked on.
+FLEET_SCHEMA: dict[str, tuple[Any, ...]] = {
+    "parallel": (int, DEFAULT_PARALLEL, Range(1, 256)),  # hosts worked on at once (`--parallel` overrides it)
 }
 
 HOST_SCHEMA: dict[str, tuple[Any, ...]] = {
@@ -488,6 +494,11 @@ class Inventory:
     def names(self) -> list[str]:
         return sorted(self.targets) + sorted(self.groups)
 
+    @property
+    def parallel(self) -> int:
+        """Hosts worked on at once ([defaults] parallel)."""
+        return int(self.defaults.get("parallel", DEFAULT_PARALLEL))
+
     def resolve(self, name: str | None) -> list[Target]:
         """Expand a -H value (host, group, or a name for Fabric/ssh config) into targets."""
         if not name:
@@ -554,7 +565,7 @@ def parse_inventory(data: dict[str, Any], path: Path) -> Inventory:
     secrets: set[str] = set()
     data = unwrap_marked(data, secrets)
     top = _check_table(data, TOP_SCHEMA, "", where)
-    defaults = _check_table(top["defaults"], {**CONNECTION_SCHEMA}, "defaults", where)
+    defaults = _check_table(top["defaults"], {**CONNECTION_SCHEMA, **FLEET_SCHEMA}, "defaults", where)
     _check_login(defaults, "defaults", where)
     base_dir = path.resolve().parent
 

@@ -133,7 +133,7 @@ def test_group_deploy_migrates_once_restores_a_failed_migration_and_rolls_back_w
     out = Outputs()
 
     first = ok(out.fab(dbworld, "-H", "prod", "deploy", "--ref", "v1"))
-    assert first.index("[web2] deploy_code") < first.index("[web1] deploy_code")  # the primary goes first
+    assert first.index("[web2] migrate ") < first.index("[web1] switch_release")  # migrated before any host publishes
     assert "skipped: migrations run once on web2 (primary)" in first
     assert first.count("Running upgrade  -> 0001") == 1
     db = app_db(postgres, "group")

@@ -162,8 +162,8 @@ def test_group_stops_at_first_failed_host(world):
     world.groups["prod"] = ["web1", "web2"]
     world.write()
     res = world.fab("-H", "prod", "deploy", "--ref", "broken")
-    assert res.returncode == 1  # web1's boot check failed: nothing went live there
-    assert "skipped" in res.stdout
+    assert res.returncode == 1  # the boot checks failed before any host published: nothing went live
+    assert "boot_check      FAILED" in res.stdout and "serving: - on web1, web2" in res.stdout
     assert b.releases() == [] and not a.lock_held()
 
 
