@@ -121,10 +121,12 @@ now() { date -u +%Y-%m-%dT%H:%M:%SZ; }
 started=$(now)
 boot() { (cd "$1" && timeout -k 2 40 .venv/bin/python -c "$BOOT"); }
 switch() { ln -sfn "releases/$1" "$D/current.tmp-$1" && mv -T "$D/current.tmp-$1" "$D/current"; }
+master_pid() { supervisorctl -c "$CONF" pid "$PROG"; }
+hup() { supervisorctl -c "$CONF" signal HUP "$PROG" >/dev/null; }
 reload() {  # $1 = release dir now behind `current`: HUP, then wait until every worker runs from it
   want=$(cd "$1" && pwd -P)
-  master=$(supervisorctl -c "$CONF" pid "$PROG")
-  supervisorctl -c "$CONF" signal HUP "$PROG" >/dev/null
+  master=$(master_pid)
+  hup
   i=0
   while :; do
     n=0; bad=0

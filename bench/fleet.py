@@ -49,22 +49,11 @@ from fabfile.release import ID_FORMAT  # noqa: E402
 from tests.conftest import FAB, World  # noqa: E402
 from tests.services import free_port  # noqa: E402
 
-# The floor's reload for the pidfile manager: HUP the master named by the pidfile, then wait
-# until every worker runs from the new release (as the supervisor version does).
+# The floor's reload for the pidfile manager: the master named by the pidfile gets the HUP
+# (FLOOR_COMMON's reload then waits until every worker runs from the new release).
 PIDFILE_RELOAD = r"""
-reload() {
-  want=$(cd "$1" && pwd -P)
-  master=$(cat "$D/shared/gunicorn.pid")
-  kill -HUP "$master"
-  i=0
-  while :; do
-    n=0; bad=0
-    for w in $(pgrep -P "$master"); do n=$((n+1)); [ "$(readlink /proc/$w/cwd)" = "$want" ] || bad=1; done
-    [ $n -ge "$WORKERS" ] && [ $bad = 0 ] && break
-    i=$((i+1)); [ $i -lt 300 ] || { echo "workers never ran $want" >&2; exit 1; }
-    sleep 0.1
-  done
-}
+master_pid() { cat "$D/shared/gunicorn.pid"; }
+hup() { kill -HUP "$(master_pid)"; }
 """
 
 

@@ -213,6 +213,7 @@ NGINX_SCHEMA: dict[str, tuple[Any, ...]] = {
     "test": (str, "nginx -t"),  # shell command: test the configuration (e.g. "sudo -n nginx -t")
     "reload": (str, "nginx -s reload"),  # shell command: reload it gracefully
     "access_log": (str, ""),  # nginx's access log (stacks that gate on the error rate read it)
+    "pid_file": (str, "/run/nginx.pid"),  # nginx's master: a change returns once its old workers stopped taking requests
 }
 
 APP_SCHEMA: dict[str, tuple[Any, ...]] = {
@@ -326,6 +327,7 @@ class NginxSettings:
     test: str
     reload: str
     access_log: str
+    pid_file: str
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from fabfile.inventory import load_inventory
 from fabfile.layout import Layout
 from fabfile.managers.gunicorn import gunicorn_argv
 
+from .pg import PostgreSQL
 from .services import Nginx, Sshd, Supervisord, free_port, make_ssh_keys
 
 REPO = Path(__file__).resolve().parents[1]
@@ -260,6 +261,14 @@ def _stop_pidfile_gunicorn(host: Host) -> None:
             except OSError:
                 pass
         time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A real PostgreSQL server (its own data dir and port) for the tests of one module."""
+    server = PostgreSQL.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -680,7 +680,8 @@ class Nginx(_Service):
         """`[apps.X.nginx]` settings that manage this instance's upstream file."""
         base = shlex.join(self.command())
         return {"upstream_file": str(self.upstream_file), "upstream": "app", "test": f"{base} -t -q",
-                "reload": f"{base} -s reload", "access_log": str(self.access_log)}
+                "reload": f"{base} -s reload", "access_log": str(self.access_log),
+                "pid_file": str(self.workdir / "nginx.pid")}
 
     def _upstream_block(self) -> str:
         servers = "\n".join(f"        server {u} max_fails=0;" for u in self.upstreams)

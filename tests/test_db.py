@@ -53,12 +53,6 @@ def ok(res: subprocess.CompletedProcess[str]) -> str:
     return res.stdout
 
 
-@pytest.fixture(scope="session")
-def postgres():
-    server = PostgreSQL.start()
-    yield server
-    server.stop()
-
 
 @pytest.fixture(scope="session")
 def db_repo(tmp_path_factory) -> Path:

@@ -72,12 +72,6 @@ def upgrade():
 '''
 
 
-@pytest.fixture(scope="module")
-def postgres():
-    server = PostgreSQL.start()
-    yield server
-    server.stop()
-
 
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory, wheelhouse) -> Path:

@@ -58,12 +58,6 @@ MIGRATE = r"alembic upgrade head"  # the migrate launcher, inside its busy flock
 DATABASES = itertools.count(1)  # one database (and role) per test
 
 
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgreSQL]:
-    server = PostgreSQL.start()
-    yield server
-    server.stop()
-
 
 @pytest.fixture(scope="module")
 def db_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:

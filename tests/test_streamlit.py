@@ -331,6 +331,15 @@ def rig(tmp_path_factory, st_wheels, st_repo):
         stop_rig(r)
 
 
+@pytest.fixture
+def deployed(rig):
+    """The rig with a release serving (whatever ran before on this worker: xdist splits a module)."""
+    if not (rig.deploy_to / "current").exists():
+        res = rig.fab("deploy")
+        assert res.returncode == 0, res.stdout + res.stderr
+    return rig
+
+
 def _websocket_upgrade(url: str) -> str:
     """The status line nginx answers to a websocket handshake on /_stcore/stream."""
     host, port = url.removeprefix("http://").split(":")
@@ -382,7 +391,8 @@ def test_deploy_redeploy_rollback_staged_and_rolling_with_zero_failed_requests(r
     assert "[schema] first release" in shown and f":{rig.staging} up" in shown
 
 
-def test_a_release_failing_on_staging_never_reaches_a_primary(rig):
+def test_a_release_failing_on_staging_never_reaches_a_primary(deployed):
+    rig = deployed
     current = rig.current()
     primaries = {p: rig.pid(p) for p in rig.primaries}
     res = rig.fab("deploy", "--ref", "badconfig")
@@ -393,7 +403,8 @@ def test_a_release_failing_on_staging_never_reaches_a_primary(rig):
     assert rig.log()[-1]["status"] == "failed"
 
 
-def test_a_crash_at_import_stops_at_the_boot_check(rig):
+def test_a_crash_at_import_stops_at_the_boot_check(deployed):
+    rig = deployed
     pids = {p: rig.pid(p) for p in rig.ports}
     res = rig.fab("deploy", "--ref", "crash")
     assert res.returncode == 1
@@ -401,7 +412,8 @@ def test_a_crash_at_import_stops_at_the_boot_check(rig):
     assert {p: rig.pid(p) for p in rig.ports} == pids
 
 
-def test_a_watch_breach_rolls_every_instance_back(rig):
+def test_a_watch_breach_rolls_every_instance_back(deployed):
+    rig = deployed
     current = rig.current()
     res = rig.fab("deploy", "--ref", "hog")
     assert res.returncode == 1, res.stdout + res.stderr

@@ -7,13 +7,13 @@ Serving is proven afterwards by the staging instances (a real server on the new 
 
 from __future__ import annotations
 
-import json
 import shlex
 
 from ..errors import StepFailed
 from ..inventory import App
 from ..layout import Layout
 from ..remote import Remote
+from .boot_check import parse_probe
 from .streamlit import settings
 
 q = shlex.quote
@@ -48,17 +48,6 @@ def boot_check_script(app: App, layout: Layout, release_id: str) -> str:
             f"{q(s.script)} {'1' if s.boot_check else '0'} {limit:g}")
 
 
-def parse(stdout: str) -> tuple[str, dict] | None:
-    for line in reversed(stdout.splitlines()):
-        kind, _, data = line.partition(" ")
-        if kind in ("BOOT_RESULT", "BOOT_ERROR"):
-            try:
-                return kind, json.loads(data)
-            except ValueError:
-                return None
-    return None
-
-
 def boot_check(remote: Remote, app: App, layout: Layout, release_id: str) -> str:
     """Compile (and run once) the release's script; a short detail, or StepFailed with the app's error."""
     s = settings(app)
@@ -66,7 +55,7 @@ def boot_check(remote: Remote, app: App, layout: Layout, release_id: str) -> str
         remote.printer.line(f"would check: {release_id} compiles and runs {s.script}", remote.host, level=0)
         return "dry-run"
     res = remote.run(boot_check_script(app, layout, release_id), warn=True, timeout=s.restart_timeout + GRACE + 15)
-    found = parse(res.stdout)
+    found = parse_probe(res.stdout)
     where = f"{remote.host}: release {release_id}"
     if found is None:
         tail = "\n".join((res.stderr.strip() or res.stdout.strip()).splitlines()[-8:])

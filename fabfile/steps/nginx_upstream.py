@@ -23,6 +23,22 @@ PREVIOUS_MARK = "@@shipfab:previous-upstream"
 END_MARK = "@@shipfab:end-previous-upstream"
 
 
+# `nginx -s reload` returns before the master has acted: until every old worker says "is shutting
+# down", one of them may still take a new connection with the old upstream. Wait for that (10 s
+# at most; a master we cannot find (no pid file) is not waited for).
+WAIT_RELOADED = r"""i=0
+while [ -n "$workers" ] && [ $i -lt 100 ]; do
+  serving=""
+  for p in $workers; do
+    t=$(tr '\0' ' ' 2>/dev/null < /proc/$p/cmdline || true)
+    case "$t" in *"shutting down"*) ;; *"worker process"*) serving=1 ;; esac
+  done
+  [ -z "$serving" ] && break
+  i=$((i+1)); sleep 0.1
+done
+if [ $i -ge 100 ]; then echo "warning: nginx's old workers still serve 10 s after the reload" >&2; fi"""
+
+
 def render(name: str, servers: Sequence[tuple[str, int]], keepalive: int = 16) -> str:
     """`upstream NAME { server ADDR weight=W; ... }`; weight 0 marks a server `down` (drained:
     nginx sends it no new request, requests in flight finish)."""
@@ -59,7 +75,10 @@ def publish_cmd(nginx: NginxSettings) -> str:
         '  echo "nginx -t refused the new upstream: $out" >&2; exit 1',
         "fi",
         f"rm -f {old}",
+        f"master=$(cat {q(nginx.pid_file)} 2>/dev/null || true)",
+        'workers=""; if [ -n "$master" ]; then workers=$(pgrep -P "$master" | tr "\\n" " " || true); fi',
         nginx.reload,
+        WAIT_RELOADED,
     ])
 
 
