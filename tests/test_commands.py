@@ -93,9 +93,9 @@ def test_lock_and_state_script_runs(tmp_path):
 
 def test_deploy_code_builds_in_a_temp_dir_and_renames():
     assert archive_spec("abc", "") == "abc" and archive_spec("abc", "examples/app") == "abc:examples/app"
-    assert extract_cmd(L, "R1", "/tmp/u.tgz") == (
-        "rm -rf '/srv/my app/releases/.tmp-R1' && mkdir -p '/srv/my app/releases/.tmp-R1' && "
-        "tar -xzf /tmp/u.tgz -C '/srv/my app/releases/.tmp-R1' && rm -f /tmp/u.tgz"
+    assert extract_cmd(L, "R1") == (
+        "set -o pipefail; rm -rf '/srv/my app/releases/.tmp-R1' && mkdir -p '/srv/my app/releases/.tmp-R1' && "
+        "base64 -d | tar -xz -C '/srv/my app/releases/.tmp-R1'"
     )
     assert publish_cmd(L, "R1") == "mv -T '/srv/my app/releases/.tmp-R1' '/srv/my app/releases/R1'"
     assert remove_cmd(L, "R1").startswith(

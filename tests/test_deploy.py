@@ -173,7 +173,8 @@ def test_dry_run_changes_nothing(world):
     ok(world.fab("-H", "web1", "deploy", "--ref", "v2"))
     before = snapshot(host.deploy_to)
     out = ok(world.fab("-H", "web1", "deploy", "--ref", "v3", "--dry-run"))
-    assert "would run: rm -rf" in out and "would upload:" in out and "would run: ln -sfn releases/" in out
+    assert "would run: set -o pipefail; rm -rf" in out and "base64 -d | tar -xz" in out
+    assert "would run: ln -sfn releases/" in out
     assert "supervisorctl -c" in out and "would check:" in out
     assert snapshot(host.deploy_to) == before
     out = ok(world.fab("-H", "web1", "rollback", "--dry-run"))

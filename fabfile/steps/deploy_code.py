@@ -2,16 +2,16 @@
 
 Built in `releases/.tmp-<id>` and renamed to `releases/<id>` only when complete, so a
 release directory is never half a release (a killed deploy leaves a .tmp- that prune removes).
-Two sources: a local checkout (packed with `git archive`, uploaded) or a repository URL
+Two sources: a local checkout (packed once with `git archive`, streamed on the command's stdin) or a repository URL
 the host can reach (kept as a bare mirror on the host and updated each deploy).
 """
 
 from __future__ import annotations
 
+import base64
 import shlex
 import subprocess
-import tempfile
-from pathlib import Path
+import threading
 
 from ..errors import StepFailed, UsageError
 from ..inventory import App
@@ -38,14 +38,22 @@ def local_revision(checkout: str, ref: str) -> str:
     return res.stdout.strip()
 
 
-def pack_local(checkout: str, revision: str, subdir: str, dest: Path) -> None:
-    """git archive the revision (only `subdir` when set) into a .tar.gz file."""
-    res = subprocess.run(
-        ["git", "-C", checkout, "archive", "--format=tar.gz", "-o", str(dest), archive_spec(revision, subdir)],
-        capture_output=True, text=True,
-    )
-    if res.returncode != 0:
-        raise StepFailed(f"git archive failed in {checkout}: {res.stderr.strip()}")
+_packed: dict[tuple[str, str, str], str] = {}
+_packing = threading.Lock()
+
+
+def pack_local(checkout: str, revision: str, subdir: str) -> str:
+    """git archive of the revision (only `subdir` when set), gzipped and base64-encoded (it
+    travels on the command's stdin). Packed once per run: every host of a fleet gets the same."""
+    key = (checkout, revision, subdir)
+    with _packing:
+        if key not in _packed:
+            res = subprocess.run(["git", "-C", checkout, "archive", "--format=tar.gz", archive_spec(revision, subdir)],
+                                 capture_output=True)
+            if res.returncode != 0:
+                raise StepFailed(f"git archive failed in {checkout}: {res.stderr.decode(errors='replace').strip()}")
+            _packed[key] = base64.b64encode(res.stdout).decode("ascii")
+        return _packed[key]
 
 
 def mirror_update_cmd(layout: Layout, url: str, ref: str) -> str:
@@ -63,9 +71,10 @@ def building(layout: Layout, release_id: str) -> str:
     return f"{layout.releases}/.tmp-{release_id}"
 
 
-def extract_cmd(layout: Layout, release_id: str, archive: str) -> str:
+def extract_cmd(layout: Layout, release_id: str) -> str:
+    """Unpack the base64 tar.gz arriving on stdin into the build dir (a cut link: tar fails)."""
     tmp = q(building(layout, release_id))
-    return f"rm -rf {tmp} && mkdir -p {tmp} && tar -xzf {q(archive)} -C {tmp} && rm -f {q(archive)}"
+    return f"set -o pipefail; rm -rf {tmp} && mkdir -p {tmp} && base64 -d | tar -xz -C {tmp}"
 
 
 def mirror_extract_cmd(layout: Layout, release_id: str, revision: str, subdir: str) -> str:
@@ -82,9 +91,8 @@ def publish_cmd(layout: Layout, release_id: str) -> str:
 def remove_cmd(layout: Layout, release_id: str) -> str:
     """Undo: remove the release (and its build dir and upload), unless `current` points at it."""
     rel, tmp = q(layout.release(release_id)), q(building(layout, release_id))
-    upload = q(f"{layout.meta}/upload-{release_id}.tar.gz")
     return (f"if [ \"$(readlink {q(layout.current)})\" = {q('releases/' + release_id)} ]; then echo KEPT; "
-            f"else rm -rf -- {rel} {tmp} {upload} && echo REMOVED; fi")
+            f"else rm -rf -- {rel} {tmp} && echo REMOVED; fi")
 
 
 def link_shared_cmd(layout: Layout, release_id: str, revision: str, files: tuple[str, ...], dirs: tuple[str, ...]) -> str:
@@ -115,13 +123,9 @@ def deploy_code(remote: Remote, app: App, layout: Layout, release: Release) -> N
         remote.run(create + " && " + _link(app, layout, release) + " && " + publish_cmd(layout, release.id))
         return
     release.revision = local_revision(app.checkout, release.ref)
-    with tempfile.TemporaryDirectory(prefix="shipfab-") as tmp:
-        archive = Path(tmp) / f"{release.id}.tar.gz"
-        pack_local(app.checkout, release.revision, app.subdir, archive)
-        remote_archive = f"{layout.meta}/upload-{release.id}.tar.gz"
-        remote.put(str(archive), remote_archive)
-        remote.run(extract_cmd(layout, release.id, remote_archive) + " && " + _link(app, layout, release) + " && "
-                   + publish_cmd(layout, release.id))
+    archive = pack_local(app.checkout, release.revision, app.subdir)
+    remote.run(extract_cmd(layout, release.id) + " && " + _link(app, layout, release) + " && "
+               + publish_cmd(layout, release.id), stdin=archive, show_output=False)
 
 
 def _link(app: App, layout: Layout, release: Release) -> str:
