@@ -172,19 +172,30 @@ class Remote:
             raise StepFailed(f"{self.host}: command failed (exit {res.exited}): {_short(shown)}\n{detail}")
         return res
 
+    def put(self, local: str, remote_path: str) -> None:
+        """Upload a file (a plain copy for the local sandbox)."""
+        self._transfer("upload", local, remote_path)
+
     def get(self, remote_path: str, local: str) -> None:
-        """Download a file over sftp (a plain copy for the local sandbox), honouring dry-run."""
+        """Download a file (a plain copy for the local sandbox)."""
+        self._transfer("download", remote_path, local)
+
+    def _transfer(self, verb: str, src: str, dst: str) -> None:
+        """One file over sftp (`upload`: local -> host, `download`: host -> local), honouring dry-run."""
         if self.dry_run:
-            self.printer.line(f"would download: {remote_path} -> {local}", self.host, level=0)
+            self.printer.line(f"would {verb}: {src} -> {dst}", self.host, level=0)
             return
-        self.printer.line(f"download {remote_path} -> {local}", self.host, level=2)
+        self.printer.line(f"{verb} {src} -> {dst}", self.host, level=2)
         if self.target.local:
-            shutil.copyfile(remote_path, local)
+            shutil.copyfile(src, dst)
             return
         try:
-            self.conn.get(remote_path, local=local)
+            if verb == "upload":
+                self.conn.put(src, remote=dst)
+            else:
+                self.conn.get(src, local=dst)
         except (OSError, EOFError, paramiko.SSHException) as exc:
-            raise ConnectionLost(f"{self.host}: download failed: {exc or type(exc).__name__}") from None
+            raise ConnectionLost(f"{self.host}: {verb} failed: {exc or type(exc).__name__}") from None
 
     def close(self) -> None:
         if self._conn is not None and isinstance(self._conn, Connection):

@@ -772,6 +772,7 @@ class LoadResult:
     bodies: Counter[str] = field(default_factory=Counter)
     samples: list[Sample] = field(default_factory=list)
     duration: float = 0.0
+    resent: int = 0  # GETs resent once on a new connection after a kept-alive one closed unanswered
 
 
 def _is_loopback(url: str) -> bool:
@@ -807,6 +808,7 @@ class LoadGenerator:
         self.max_seconds = max_seconds
         self.timeout = timeout
         self._samples: list[Sample] = []
+        self.resent = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._started = 0.0
@@ -840,7 +842,16 @@ class LoadGenerator:
     def _one(self, session: Any) -> Sample:
         sent = time.time()
         try:
-            resp = session.get(self.url, timeout=self.timeout, allow_redirects=False)
+            try:
+                resp = session.get(self.url, timeout=self.timeout, allow_redirects=False)
+            except Exception as exc:  # noqa: BLE001
+                # A kept-alive connection the server closed before answering (nginx closes its
+                # idle ones on every reload): a browser resends a GET on a new connection
+                # (RFC 9112 9.3.1). So does this client, once, and counts it; anything else fails.
+                if "RemoteDisconnected" not in str(exc):
+                    raise
+                self.resent += 1
+                resp = session.get(self.url, timeout=self.timeout, allow_redirects=False)
             return Sample(sent, resp.status_code, None, resp.text[:200])
         except Exception as exc:  # noqa: BLE001 - every error is a data point
             return Sample(sent, None, f"{type(exc).__name__}: {exc}", "")
@@ -860,6 +871,7 @@ class LoadGenerator:
             bodies=Counter(s.body.splitlines()[0] if s.body else "" for s in samples),
             samples=samples,
             duration=time.monotonic() - self._started if self._started else 0.0,
+            resent=self.resent,
         )
 
     def stop(self) -> LoadResult:
