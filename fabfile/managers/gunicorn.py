@@ -29,6 +29,7 @@ from ..inventory import App
 from ..layout import Layout
 from ..output import first_error
 from ..remote import Remote
+from . import process_control
 from .boot_check import boot_check
 
 __all__ = ["boot_check", "gunicorn_argv", "handover_argv", "manager_cmds", "restart_gunicorn", "restart_script"]
@@ -72,15 +73,6 @@ def handover_argv(app: App, layout: Layout, release_id: str) -> list[str]:
     return _argv(app, layout, layout.release(release_id), handover_pidfile(layout), control) + ["--daemon"]
 
 
-def _ctl(app: App) -> str:
-    g = app.gunicorn
-    sudo = "sudo -n " if g.sudo else ""
-    if g.manager == "supervisor":
-        conf = f" -c {q(g.supervisor_conf)}" if g.supervisor_conf else ""
-        return f"{sudo}supervisorctl{conf}"
-    return f"{sudo}systemctl"
-
-
 def manager_cmds(app: App, layout: Layout) -> dict[str, str]:
     """Shell snippets per manager: pid (prints the master pid), start, reload, restart."""
     g = app.gunicorn
@@ -93,7 +85,7 @@ def manager_cmds(app: App, layout: Layout) -> dict[str, str]:
             "reload": 'kill -HUP "$pid"',
             "restart": f'kill -TERM "$pid"; wait_gone "$pid"; {start}',
         }
-    ctl = _ctl(app)
+    ctl = process_control.ctl(g.manager, g.sudo, g.supervisor_conf)
     if g.manager == "supervisor":
         return {
             "pid": f"{ctl} pid {name}",
@@ -172,7 +164,7 @@ def restart_script(app: App, layout: Layout, release_id: str, full: bool = False
               if upgrade else f"pid_of() {{ {cmds['pid']}; }}")
     read_pid = 'p=$(pid_of 2>/dev/null); case "$p" in ""|*[!0-9]*) p=;; esac'
     return "\n".join([
-        "alive() { [ -d /proc/$1 ] && ! grep -q '^State:[[:space:]]*Z' /proc/$1/status 2>/dev/null; }",
+        process_control.ALIVE,
         f'wait_gone() {{ j=0; while alive "$1" && [ $j -lt {limit} ]; do sleep 0.1; j=$((j+1)); done; ! alive "$1"; }}',
         'count() { for w in $(pgrep -P "$1"); do n=$((n+1)); [ "$(readlink /proc/$w/cwd)" = "$want" ] || bad=1',
         '  case " $before " in *" $w "*) bad=1;; esac; done; }',

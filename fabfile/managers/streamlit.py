@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from ..inventory import App, StreamlitInstance, StreamlitSettings
 from ..layout import Layout
+from . import process_control
 
 q = shlex.quote
 
@@ -81,14 +82,6 @@ def program_command(app: App, layout: Layout, port: int | str) -> str:
     return f"/bin/sh -c {q(inner_command(app, layout, port))}"
 
 
-def _ctl(s: StreamlitSettings) -> str:
-    sudo = "sudo -n " if s.sudo else ""
-    if s.manager == "supervisor":
-        conf = f" -c {q(s.supervisor_conf)}" if s.supervisor_conf else ""
-        return f"{sudo}supervisorctl{conf}"
-    return f"{sudo}systemctl"
-
-
 def manager_cmds(app: App, layout: Layout, port: int) -> dict[str, str]:
     """Shell snippets for one instance: pid (prints its pid), restart (stop + start; `$old` is the pid before),
     log (its last lines of output)."""
@@ -106,7 +99,7 @@ def manager_cmds(app: App, layout: Layout, port: int) -> dict[str, str]:
             "restart": f'if [ -n "$old" ]; then kill -TERM "$old"; wait_gone "$old" || kill -KILL "$old"; fi; {start}',
             "log": f"tail -n 15 {q(logfile(layout, port))}",
         }
-    ctl = _ctl(s)
+    ctl = process_control.ctl(s.manager, s.sudo, s.supervisor_conf)
     if s.manager == "supervisor":
         return {"pid": f"{ctl} pid {name}", "restart": f"{ctl} restart {name} >/dev/null",
                 "log": f"{ctl} tail {name} stderr | tail -n 15"}
@@ -115,7 +108,7 @@ def manager_cmds(app: App, layout: Layout, port: int) -> dict[str, str]:
 
 
 SHELL_FNS = [
-    "alive() { [ -n \"$1\" ] && [ -d /proc/$1 ] && ! grep -q '^State:[[:space:]]*Z' /proc/$1/status 2>/dev/null; }",
+    process_control.ALIVE,
     'tree() { echo "$1"; for c in $(pgrep -P "$1"); do tree "$c"; done; }',
 ]
 

@@ -21,9 +21,9 @@ from ..inventory import App, WorkerProcess, WorkerSettings
 from ..layout import Layout
 from ..remote import Remote
 from ..steps.launcher import launch_cmd, launch_stdin
+from . import process_control
 
 q = shlex.quote
-ALIVE = "alive() { [ -d /proc/$1 ] && ! grep -q '^State:[[:space:]]*Z' /proc/$1/status 2>/dev/null; }"
 READ_PID = 'case "$pid" in ""|*[!0-9]*) pid=;; esac'
 
 
@@ -42,10 +42,7 @@ def worker_argv(layout: Layout, proc: WorkerProcess) -> list[str]:
 
 
 def _ctl(w: WorkerSettings) -> str:
-    sudo = "sudo -n " if w.sudo else ""
-    if w.manager == "supervisor":
-        return f"{sudo}supervisorctl" + (f" -c {q(w.supervisor_conf)}" if w.supervisor_conf else "")
-    return f"{sudo}systemctl"
+    return process_control.ctl(w.manager, w.sudo, w.supervisor_conf)
 
 
 def pid_cmd(w: WorkerSettings, layout: Layout, proc: WorkerProcess) -> str:
@@ -65,7 +62,7 @@ def ours(layout: Layout) -> str:
 def stop_script(w: WorkerSettings, layout: Layout) -> str:
     """Stop every process gracefully (SIGTERM, `stop_timeout` to finish, then SIGKILL); one
     `STOPPED <name> graceful|killed|not-running` line each."""
-    lines = [ALIVE, f"rel=$(cd {q(layout.releases)} 2>/dev/null && pwd -P) || rel=/nonexistent"]
+    lines = [process_control.ALIVE, f"rel=$(cd {q(layout.releases)} 2>/dev/null && pwd -P) || rel=/nonexistent"]
     for p in w.processes:
         limit = int(p.stop_timeout * 10)
         wait = f'j=0; while alive "$pid" && [ $j -lt {limit} ]; do sleep 0.1; j=$((j+1)); done'
@@ -90,7 +87,7 @@ def stop_script(w: WorkerSettings, layout: Layout) -> str:
 
 def start_cmd(w: WorkerSettings, layout: Layout, proc: WorkerProcess, python: str) -> str:
     """Start one process from `current` unless it already runs (pidfile: the launcher reads the env on stdin)."""
-    running = [ALIVE, f"rel=$(cd {q(layout.releases)} 2>/dev/null && pwd -P) || rel=/nonexistent",
+    running = [process_control.ALIVE, f"rel=$(cd {q(layout.releases)} 2>/dev/null && pwd -P) || rel=/nonexistent",
                f"pid=$({pid_cmd(w, layout, proc)}); {READ_PID}"]
     if w.manager == "pidfile":
         start = launch_cmd(python, layout.current, proc.command, (pidfile(layout, proc), logfile(layout, proc)))
@@ -102,7 +99,7 @@ def start_cmd(w: WorkerSettings, layout: Layout, proc: WorkerProcess, python: st
 def verify_script(w: WorkerSettings, layout: Layout) -> str:
     """A second after the start: `UP <name> <pid>` when it is alive in current's release, else
     `DOWN <name> <why>` (and the tail of its log under the pidfile manager)."""
-    lines = [ALIVE, f"want=$(cd {q(layout.current)} && pwd -P) || exit 1", "sleep 1"]
+    lines = [process_control.ALIVE, f"want=$(cd {q(layout.current)} && pwd -P) || exit 1", "sleep 1"]
     for p in w.processes:
         tail = f"; tail -n 8 {q(logfile(layout, p))} >&2 2>/dev/null" if w.manager == "pidfile" else ""
         lines += [
