@@ -386,6 +386,7 @@ class Bench:
         burst = 10  # back-to-back, like a deploy's steps (the case TCP_NODELAY in Remote._open is for)
         ops: dict[str, tuple[Callable[[], object], int]] = {
             "fab process start-up (fab --list)": (lambda: _check(self.world.fab("--list"), "fab --list"), 1),
+            "python -c pass (interpreter start-up and exit)": (lambda: _python("pass"), 1),
             "python -c 'import fabric' (the floor of any fab)": (lambda: _python("import fabric"), 1),
             "python -c 'import fabfile' (fabric + shipfab)": (lambda: _python("import fabfile"), 1),
             "python -c 'import fabfile', no bytecode cache": (lambda: _python("import fabfile", cache=False), 1),

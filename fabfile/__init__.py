@@ -3,10 +3,17 @@
 `-H NAME` names a host or a group of hosts.toml (a name not there goes to Fabric/ssh
 config as usual); without -H the inventory's `default` target is used.
 """
+# ruff: noqa: E402  (the bytecode setting below must come before shipfab's own imports)
 
 from __future__ import annotations
 
+import gc
 import sys
+
+# invoke turns Python's bytecode cache off for the tasks it loads (its --write-pyc flag), so every
+# `fab` compiled shipfab's ~70 modules again (~0.13 s). Back to the interpreter's own setting for
+# them (python -B or PYTHONDONTWRITEBYTECODE=1 still turn it off; __pycache__/ is git-ignored).
+sys.dont_write_bytecode = sys.flags.dont_write_bytecode
 
 from fabric import task
 from invoke import Collection, Exit
@@ -27,6 +34,11 @@ from .steps import release_log, stop_gunicorn
 from .steps.host_state import read_state
 from .steps.preflight import run_checks
 from .strategies import symlink
+
+# What fabric and shipfab just imported lives until the process exits: frozen out of the
+# collector's sight, so the full collection at interpreter exit no longer walks it (each `fab`
+# command exits ~45 ms sooner; python -X importtime / bench/deploy_vs_ssh.py).
+gc.freeze()
 
 FLEET_HELP = {
     "parallel": "hosts worked on at once (default: hosts.toml [defaults] parallel, else 10)",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -52,3 +53,31 @@ def test_floor_steps_are_the_time_between_marks() -> None:
     assert list(steps) == ["lock", "finish"]
     assert abs(steps["lock"] - 0.25) < 1e-9
     assert abs(steps["finish"] - 0.75) < 1e-9
+
+
+FAB_LIST = [sys.executable, "-c", "import sys; from fabric.main import program; sys.exit(program.run())",
+            "-r", str(REPO), "--list"]
+
+
+def _cached_modules(prefix: Path) -> set[str]:
+    """shipfab modules with a bytecode file under the PYTHONPYCACHEPREFIX `prefix`."""
+    where = prefix / REPO.relative_to(REPO.anchor) / "fabfile"
+    return {p.name.split(".")[0] for p in where.rglob("*.pyc")}
+
+
+def test_fab_keeps_shipfabs_bytecode_and_honours_dont_write(tmp_path: Path) -> None:
+    """invoke turns the bytecode cache off for the tasks it loads; shipfab turns it back on for
+    its own modules (else every `fab` compiles them again), unless the user turned it off."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run(FAB_LIST, env={**env, "PYTHONPYCACHEPREFIX": str(tmp_path / "on")}, check=True, capture_output=True)
+    assert {"remote", "fleet", "hostflow", "inventory"} <= _cached_modules(tmp_path / "on")
+    subprocess.run(FAB_LIST, env={**env, "PYTHONPYCACHEPREFIX": str(tmp_path / "off"), "PYTHONDONTWRITEBYTECODE": "1"},
+                   check=True, capture_output=True)
+    assert _cached_modules(tmp_path / "off") == set()
+
+
+def test_what_the_tasks_imported_is_frozen_out_of_the_collector() -> None:
+    """The objects of every imported module are frozen (gc.freeze), so the collection at exit skips them."""
+    script = "import gc, fabfile; print(gc.get_freeze_count())"
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, check=True)
+    assert int(res.stdout) > 10_000

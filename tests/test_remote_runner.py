@@ -1,0 +1,71 @@
+"""The one runner of remote commands, over a real sshd: exit status, output, timeouts and a
+cut link all end a command's wait (it waits on paramiko's exit-status event, not a 10 ms poll)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from invoke.exceptions import CommandTimedOut
+
+from fabfile.inventory import load_inventory
+from fabfile.output import Printer
+from fabfile.remote import ConnectionLost, Remote, _ExitWaitingRunner
+
+from .services import descendants
+
+
+@pytest.fixture
+def remote(world):
+    host = world.add_host("web1", manager="pidfile")
+    r = Remote(load_inventory(world.inventory).targets["web1"], Printer(verbosity=0))
+    yield r, host
+    r.close()
+
+
+def test_exit_status_output_and_back_to_back_commands(remote) -> None:
+    r, _ = remote
+    assert r.conn.config.runners.remote is _ExitWaitingRunner
+    res = r.run("printf out; printf err >&2; exit 3", change=False, warn=True)
+    assert (res.exited, res.stdout, res.stderr) == (3, "out", "err")
+    # All output written before the exit status arrives is there, command after command.
+    outs = [r.run(f"seq 1 2000; echo end-{i}", change=False).stdout for i in range(20)]
+    assert all(out.splitlines()[-1] == f"end-{i}" and len(out.splitlines()) == 2001 for i, out in enumerate(outs))
+
+
+def test_a_timeout_ends_the_wait(remote) -> None:
+    r, _ = remote
+    with pytest.raises(CommandTimedOut):
+        r.conn.run("sleep 30", hide=True, timeout=1)
+    assert r.run("echo still usable", change=False).stdout == "still usable\n"
+
+
+def test_a_cut_link_ends_the_wait_as_connection_lost(remote) -> None:
+    r, host = remote
+    outcome: dict[str, BaseException] = {}
+
+    def run() -> None:
+        try:
+            r.run("sleep 30", change=False)
+        except BaseException as exc:  # noqa: BLE001 - the failure is what is tested
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not any(_cmdline(p) == "sleep 30 " for p in descendants(host.sshd.proc.pid)):
+        assert time.monotonic() < deadline, "the remote sleep never started"
+        time.sleep(0.05)
+    host.sshd.kill_sessions()
+    thread.join(30)
+    assert not thread.is_alive()
+    assert isinstance(outcome.get("error"), ConnectionLost), outcome
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().replace(b"\0", b" ").decode()
+    except OSError:  # gone (FileNotFoundError), or exiting right now (ProcessLookupError)
+        return ""
