@@ -8,22 +8,24 @@ from concurrent.futures import ThreadPoolExecutor
 
 from invoke import Exit, task
 
-from fabfile.errors import ShipfabError
+from fabfile.context import HostRun, Options
+from fabfile.errors import ShipfabError, StepFailed
 from fabfile.inventory import Target, load_inventory
 from fabfile.layout import Layout
 from fabfile.optional_positional import OptionalPositionalTask
 from fabfile.output import Printer, Redactor, table
-from fabfile.probes.command import run_health
-from fabfile.probes.http import probe_once
-from fabfile.remote import Remote
+from fabfile.remote import ConnectionLost, HostKeyRejected, Remote
 from fabfile.secret_rule import local_env
+from fabfile.stacks import check_health
 from fabfile.steps.host_state import read_state
 
 
 def _health_row(target: Target, redact: Redactor) -> list[str]:
-    """host, app, release, status, latency, detail for one target (never raises). Reading the
-    state reads the host's .env: its secrets join `redact` before anything is printed."""
-    remote = Remote(target, Printer(redact, verbosity=0))
+    """host, app, release, status, latency, detail for one target (never raises): the stack's health
+    hook, as `fab health-check` runs it, but read-only, without the lock and without waiting (one probe).
+    Reading the state reads the host's .env: its secrets join `redact` before anything is printed."""
+    printer = Printer(redact, verbosity=-1)  # the table is the output: the hooks' own lines are not shown
+    remote = Remote(target, printer)
     release, started = "?", time.monotonic()
     try:
         state = read_state(remote, Layout(target.app.deploy_to))[0]
@@ -31,15 +33,17 @@ def _health_row(target: Target, redact: Redactor) -> list[str]:
         if not state.current:  # a sandbox not deployed yet is shown, not a failure; a server is
             status = "not deployed" if target.local else "NOT DEPLOYED"
             return [target.name, target.app.name, release, status, "-", "no release is current"]
-        if target.app.worker is not None:  # the worker stack: its health command and alert figures
-            h = run_health(remote, target.app, state.env)
-            detail = "; ".join([h.status_line or "(no status line)", *([h.figures()] if h.figures() else []),
-                                *(p for p in h.problems if not p.startswith("status line"))])
-            return [target.name, target.app.name, release, "healthy" if h.ok else "UNHEALTHY",
-                    f"{(time.monotonic() - started) * 1000:.0f} ms", detail]
-        probe = probe_once(remote, target)
-        status = "healthy" if probe.ok else "UNHEALTHY"
-        return [target.name, target.app.name, release, status, f"{probe.latency * 1000:.0f} ms", probe.detail]
+        run = HostRun(target, remote, printer, Options(quick=True), primary=target.name)
+        run.state = state
+        started = time.monotonic()
+        try:
+            status, detail = "healthy", check_health(run)
+        except (ConnectionLost, HostKeyRejected):
+            raise
+        except StepFailed as exc:
+            status, detail = "UNHEALTHY", str(exc).removeprefix(f"{remote.host}: ")
+        return [target.name, target.app.name, release, status, f"{(time.monotonic() - started) * 1000:.0f} ms",
+                " ".join(detail.split())]
     except ShipfabError as exc:
         return [target.name, target.app.name, release, "UNREACHABLE", f"{(time.monotonic() - started) * 1000:.0f} ms",
                 " ".join(str(exc).split())]

@@ -24,11 +24,10 @@ from .context import DEPLOY_KINDS, HostRun, Options
 from .db_tasks import backup_db, db_check, migrate, restore_db  # noqa: F401  (tasks of the namespace)
 from .output import table
 from .parallel import Stop
-from .probes.http import wait_healthy
 from .release import Release, new_release_id
 from .remote import open_connection
+from .stacks import check_health, stack_for
 from .stacks import gunicorn as gunicorn_stack
-from .stacks import stack_for
 from .steps import lock as lock_step
 from .steps import release_log, stop_gunicorn
 from .steps.host_state import read_state
@@ -156,17 +155,10 @@ def restart_gunicorn(c, full=False, dry_run=False, verbose=False):
 
 @task
 def health_check(c, verbose=False):
-    """Step alone: the stack's health check of each host (HTTP; worker: the health command + alert figures)."""
+    """Step alone: the stack's health check of each host (gunicorn: HTTP with retries; worker: the health command +
+    alert figures; streamlit: every instance on current answers /_stcore/health; compose: the live project's URLs)."""
     printer, options = options_for(False, verbose, False)
-
-    def step(run: HostRun) -> str:
-        stack = stack_for(run.app.stack)
-        if stack.health is not None:
-            return str(stack.health(run))
-        probe = wait_healthy(run.remote, run.target)
-        return f"healthy: {probe.detail}, {probe.latency * 1000:.0f} ms"
-
-    on_each_host(c, printer, options, "health_check", step, locked=False)
+    on_each_host(c, printer, options, "health_check", lambda run: f"healthy: {check_health(run)}", locked=False)
 
 
 @task(help={"ref": "git ref to compare with the deployed revision", "json": "write a JSON summary here"})

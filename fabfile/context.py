@@ -36,6 +36,7 @@ class Options:
     batch: str = ""  # --batch N|P%: publish + verify that many hosts at a time ("" = all at once)
     max_fail: str = ""  # --max-fail N|P%: failed hosts tolerated before no new batch starts ("" = 0)
     all_or_nothing: bool = False  # a failed host rolls back the hosts that already published too
+    quick: bool = False  # health hooks probe once, never wait for the app to recover (`inv health`)
 
 
 @dataclass(frozen=True)

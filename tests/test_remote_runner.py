@@ -3,6 +3,7 @@ cut link all end a command's wait (it waits on paramiko's exit-status event, not
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 
@@ -32,6 +33,13 @@ def test_exit_status_output_and_back_to_back_commands(remote) -> None:
     # All output written before the exit status arrives is there, command after command.
     outs = [r.run(f"seq 1 2000; echo end-{i}", change=False).stdout for i in range(20)]
     assert all(out.splitlines()[-1] == f"end-{i}" and len(out.splitlines()) == 2001 for i, out in enumerate(outs))
+
+
+def test_stdin_arrives_whole_and_ends(remote) -> None:
+    r, _ = remote
+    data = "".join(f"line {i}\n" for i in range(20000))
+    assert r.run("sha256sum", change=False, stdin=data).stdout.split()[0] == hashlib.sha256(data.encode()).hexdigest()
+    assert r.run("cat", change=False, stdin="").stdout == ""
 
 
 def test_a_timeout_ends_the_wait(remote) -> None:

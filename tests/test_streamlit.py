@@ -7,9 +7,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -106,7 +109,7 @@ def test_generated_scripts_are_valid_shell(mgr):
     app = _app(manager=mgr, sudo=True)
     layout = Layout("/srv/d")
     for script in (manager.restart_script(app, layout, app.streamlit.instances[1], "20260101T000000Z"),
-                   manager.status_cmd(app, layout)):
+                   manager.status_cmd(app, layout), manager.status_cmd(app, layout, health=True)):
         res = subprocess.run(["bash", "-n", "-c", script], capture_output=True, text=True)
         assert res.returncode == 0, res.stderr
 
@@ -118,6 +121,13 @@ def test_parse_status_and_release_of_an_instance():
     assert st.clk == 100 and st.mem_available_kb == 2048000 and st.disk_total_kb == 1000000
     assert st.instances[8501].runs("20260101T000000Z") and st.instances[8501].release == "20260101T000000Z"
     assert not st.instances[8504].runs("20260101T000000Z") and st.instances[8504].pid is None
+    assert st.instances[8501].health is None  # not asked
+    asked = manager.parse_status(out + "HEALTH 8501 0 ok\n")
+    assert asked.instances[8501].health == "ok" and asked.instances[8501].health_problem() == ""
+    refused = manager.parse_status(out + "HEALTH 8501 7 \n").instances[8501]
+    assert refused.health == "" and refused.health_problem() == "/_stcore/health did not answer"
+    odd = manager.parse_status(out + "HEALTH 8501 0 <html> oops\n").instances[8501]
+    assert odd.health_problem() == "/_stcore/health answered '<html> oops', not 'ok'"
 
 
 def _st(at: float, **inst: tuple[int | None, int, int]) -> manager.HostStatus:
@@ -423,3 +433,54 @@ def test_a_watch_breach_rolls_every_instance_back(deployed):
     assert rig.log()[-1]["status"] == "failed" and "limit 250 MiB" in rig.log()[-1]["reason"]
     alone = rig.fab("watch", "--seconds", "2")
     assert alone.returncode == 0 and "within limits" in alone.stdout
+
+
+def _inv_health(rig: Rig) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "invoke", "-r", str(REPO), "health"], capture_output=True, text=True,
+                          env={**os.environ, "SHIPFAB_HOSTS": str(rig.inventory)}, cwd=rig.tmp, timeout=60,
+                          stdin=subprocess.DEVNULL)
+
+
+def _serves(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as resp:
+            return resp.read() == b"ok"
+    except OSError:
+        return False
+
+
+def test_inv_health_and_health_check_judge_every_instance_on_current(deployed):
+    """Healthy = every instance (staging too) has a process working in `current` whose /_stcore/health says ok;
+    a stopped primary and a frozen staging instance (alive, on current, not answering) are both named."""
+    rig = deployed
+    current = rig.current()
+    inv = _inv_health(rig)
+    assert inv.returncode == 0, inv.stdout + inv.stderr
+    row = next(line for line in inv.stdout.splitlines() if line.startswith("st "))
+    assert current in row and " healthy " in row and f"3 instance(s) on {current}, /_stcore/health ok" in row, row
+    check = rig.fab("health-check")
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert f"healthy: 3 instance(s) on {current}, /_stcore/health ok (:{rig.staging} pid {rig.pid(rig.staging)}" \
+        in check.stdout
+
+    stopped, frozen = rig.primaries[1], rig.pid(rig.staging)
+    assert frozen is not None
+    rig.supervisord.ctl("stop", f"dash-{stopped}")
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        inv = _inv_health(rig)
+        check = rig.fab("health-check")
+    finally:
+        os.kill(frozen, signal.SIGCONT)
+        rig.supervisord.ctl("start", f"dash-{stopped}")
+    assert inv.returncode == 1, inv.stdout + inv.stderr
+    row = next(line for line in inv.stdout.splitlines() if line.startswith("st "))
+    assert " UNHEALTHY " in row and f"staging instance {rig.staging}: pid {frozen}: /_stcore/health did not answer" \
+        in row and f"primary instance {stopped}: no process" in row, row
+    assert check.returncode == 1, check.stdout + check.stderr
+    assert f"primary instance {stopped}: no process" in check.stdout + check.stderr
+    deadline = time.monotonic() + 60
+    while not (_serves(stopped) and _serves(rig.staging)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert rig.runs_from(stopped) == current and rig.runs_from(rig.staging) == current
+    assert _inv_health(rig).returncode == 0  # back as the other tests expect it

@@ -19,11 +19,13 @@ the server: every instance runs with `--server.scriptHealthCheckEnabled true`) a
 
 `status_cmd` reads every instance in one round trip (pid,
 release directory, RSS and CPU ticks of the process tree) plus the host's free memory and
-disk: the watch window and the recorded state both use it.
+disk: the watch window and the recorded state both use it; with `health=True` it also asks
+each running instance's `/_stcore/health` (`fab health-check`, `inv health`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 from dataclasses import dataclass
 
@@ -107,6 +109,11 @@ def manager_cmds(app: App, layout: Layout, port: int) -> dict[str, str]:
             "log": f"{'sudo -n ' if s.sudo else ''}journalctl -u {name} -n 15 --no-pager"}
 
 
+def health_curl(s: StreamlitSettings, port: int) -> str:
+    """The shell command asking one instance's /_stcore/health (it prints "ok" when the server serves)."""
+    return f"curl -s --max-time 2 {q(f'http://{local_address(s)}:{port}/_stcore/health')}"
+
+
 SHELL_FNS = [
     process_control.ALIVE,
     'tree() { echo "$1"; for c in $(pgrep -P "$1"); do tree "$c"; done; }',
@@ -138,7 +145,7 @@ def restart_script(app: App, layout: Layout, inst: StreamlitInstance, release_id
         '  if ! alive "$p"; then why="no process"',
         '  elif [ "$p" = "$old" ]; then why="still the old process $p"',
         '  elif [ "$(readlink /proc/$p/cwd)" != "$want" ]; then why="process $p runs from $(readlink /proc/$p/cwd)"',
-        f"  elif [ \"$(curl -s --max-time 2 {q(base + '/_stcore/health')})\" != ok ]; then why=\"process $p: health not ok\"",
+        f"  elif [ \"$({health_curl(s, inst.port)})\" != ok ]; then why=\"process $p: health not ok\"",
         f"  elif [ \"$(curl -s -o /dev/null --max-time 5 -w '%{{http_code}}' {q(base + '/')})\" != 200 ]; then",
         '    why="process $p: GET / not 200"',
         f"  elif ! s=$(curl -s --max-time {s.restart_timeout:g} {q(base + '/_stcore/script-health-check')}) "
@@ -153,10 +160,11 @@ def restart_script(app: App, layout: Layout, inst: StreamlitInstance, release_id
     ])
 
 
-def status_cmd(app: App, layout: Layout) -> str:
+def status_cmd(app: App, layout: Layout, health: bool = False) -> str:
     """Read-only, one round trip: `CLK <ticks/s> <epoch>`, `MEM <available kB> <total kB>`,
     `DISK <free kB> <size kB>`, and per instance `INST <port> <pid|-> <cwd|-> <rss kB> <cpu ticks>`
-    (RSS and ticks summed over the process tree)."""
+    (RSS and ticks summed over the process tree); `health`: per running instance also
+    `HEALTH <port> <curl exit> <answer of /_stcore/health>`."""
     lines = [
         *SHELL_FNS,
         'echo "CLK $(getconf CLK_TCK) $(date +%s.%N)"',
@@ -172,6 +180,9 @@ def status_cmd(app: App, layout: Layout) -> str:
             "  r=$(awk '/^VmRSS:/{print $2}' /proc/$c/status 2>/dev/null); rss=$((rss + ${r:-0}))",
             "  k=$(sed 's/.*) //' /proc/$c/stat 2>/dev/null | awk '{print $12 + $13}'); t=$((t + ${k:-0})); done",
             f'  echo "INST {inst.port} $p $(readlink /proc/$p/cwd) $rss $t"',
+            *([f"  h=$({health_curl(settings(app), inst.port)}); "
+               f"echo \"HEALTH {inst.port} $? $(printf %s \"$h\" | head -c 80 | tr -s '\\n\\t' '  ')\""]
+              if health else []),
             f'else echo "INST {inst.port} - - 0 0"; fi',
         ]
     return "\n".join(lines)
@@ -184,6 +195,13 @@ class InstanceStatus:
     cwd: str
     rss_kb: int
     ticks: int
+    health: str | None = None  # what /_stcore/health answered (status_cmd(health=True)); None: not asked
+
+    def health_problem(self) -> str:
+        """Why its /_stcore/health answer is not "ok" ("" when it is)."""
+        if self.health == "ok":
+            return ""
+        return f"/_stcore/health answered {self.health!r}, not 'ok'" if self.health else "/_stcore/health did not answer"
 
     def runs(self, release_id: str) -> bool:
         """Its process works in releases/<release_id> (a real path from /proc)."""
@@ -216,9 +234,9 @@ def parse_status(stdout: str) -> HostStatus:
                 out.append(0)
         return out
 
-    clk, at, mem, disk, instances = 100, 0.0, [0, 0], [0, 0], {}
+    clk, at, mem, disk, instances, health = 100, 0.0, [0, 0], [0, 0], {}, {}
     for line in stdout.splitlines():
-        key, *parts = line.split()
+        key, *parts = line.split() or [""]
         if key == "CLK" and len(parts) == 2:
             clk, at = int(parts[0]) or 100, float(parts[1])
         elif key == "MEM":
@@ -229,4 +247,9 @@ def parse_status(stdout: str) -> HostStatus:
             port, rss, ticks = int(parts[0]), *ints(parts[3:], 2)
             pid = int(parts[1]) if parts[1].isdigit() else None
             instances[port] = InstanceStatus(port, pid, parts[2] if pid else "", rss, ticks)
+        elif key == "HEALTH" and len(parts) >= 2 and parts[0].isdigit():
+            health[int(parts[0])] = " ".join(parts[2:]) if parts[1] == "0" else ""
+    for port, answer in health.items():
+        if port in instances:
+            instances[port] = dataclasses.replace(instances[port], health=answer)
     return HostStatus(clk, at, mem[0], mem[1], disk[0], disk[1], instances)

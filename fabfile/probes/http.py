@@ -113,7 +113,8 @@ def probe_once(remote: Remote, target: Target) -> Probe:
 
 
 def wait_healthy(remote: Remote, target: Target, timeout: float | None = None) -> Probe:
-    """Probe with backoff (0.1 s doubling to 2 s) until healthy or the timeout; raise with the last answer."""
+    """Probe with backoff (0.1 s doubling to 2 s) until healthy or the timeout (0: one probe); raise with the
+    last answer."""
     health = target.app.health
     if remote.dry_run:
         how = "curl on the host" if health.via == "host" else "GET from the controller"
@@ -129,5 +130,6 @@ def wait_healthy(remote: Remote, target: Target, timeout: float | None = None) -
         time.sleep(delay)
         delay = min(delay * 2, 2.0)
     if not probe.ok:
-        raise StepFailed(f"{remote.host}: unhealthy after {attempts} attempts: {probe.detail}")
+        tries = f"unhealthy after {attempts} attempts: " if attempts > 1 else ""  # one (timeout 0): the answer says it
+        raise StepFailed(f"{remote.host}: {tries}{probe.detail}")
     return probe

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..context import HostRun
+from . import gunicorn
 from .base import Stack
 from .compose import COMPOSE
 from .gunicorn import GUNICORN
@@ -13,3 +15,10 @@ STACKS: dict[str, Stack] = {s.name: s for s in (GUNICORN, WORKER, COMPOSE, STREA
 
 def stack_for(name: str) -> Stack:
     return STACKS[name]
+
+
+def check_health(run: HostRun) -> str:
+    """`fab health-check` and `inv health`: the host's stack's health hook (a stack without one: the HTTP
+    probe of [health]); a short detail when healthy, StepFailed naming what is wrong otherwise."""
+    hook = stack_for(run.app.stack).health or gunicorn.health
+    return str(hook(run))

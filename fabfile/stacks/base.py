@@ -27,7 +27,8 @@ class Stack:
     boot_check: Callable[[HostRun, str], str | None]
     # Make `release_id` (already `current`) serve: restart/reload + wait + health.
     activate: Callable[[HostRun, str], str | None]
-    # `fab health-check` of this stack (None: the HTTP probe of [health]).
+    # `fab health-check` / `inv health` of this stack: a short detail, or StepFailed naming what is wrong;
+    # `run.options.quick`: one probe, no waiting (None: the HTTP probe of [health]).
     health: Callable[[HostRun], str | None] | None = None
     # Shell run with the prune: what else goes with the pruned releases (None: nothing).
     prune: Callable[[App, list[str]], str] | None = None

@@ -29,5 +29,6 @@ COMPOSE = Stack(
     ),
     boot_check=compose.boot_check,
     activate=compose.activate,
+    health=compose.health,
     prune=compose.prune_images,
 )

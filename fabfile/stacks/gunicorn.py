@@ -25,7 +25,8 @@ def restart(run: HostRun) -> str:
 
 
 def health(run: HostRun) -> str:
-    probe = wait_healthy(run.remote, run.target)
+    """The HTTP probe of [health], with retries until its timeout (`run.options.quick`: one probe)."""
+    probe = wait_healthy(run.remote, run.target, timeout=0 if run.options.quick else None)
     return f"{probe.detail} in {probe.latency * 1000:.0f} ms"
 
 
@@ -50,4 +51,5 @@ GUNICORN = Stack(
     ),
     boot_check=boot_check,
     activate=activate,
+    health=health,
 )

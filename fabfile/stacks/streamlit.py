@@ -33,9 +33,33 @@ from .base import Stack, Step
 DRAIN_SECONDS = 0.5  # after the drained upstream is live: requests still in flight to the instance finish
 
 
-def status(run: HostRun) -> manager.HostStatus:
-    """Every instance (pid, release, RSS, CPU ticks) and the host's free memory and disk: one read-only command."""
-    return manager.parse_status(run.remote.run(manager.status_cmd(run.app, run.layout), change=False).stdout)
+def status(run: HostRun, health: bool = False) -> manager.HostStatus:
+    """Every instance (pid, release, RSS, CPU ticks; `health`: its /_stcore/health answer) and the host's
+    free memory and disk: one read-only command."""
+    return manager.parse_status(run.remote.run(manager.status_cmd(run.app, run.layout, health), change=False).stdout)
+
+
+def health(run: HostRun) -> str:
+    """`fab health-check` / `inv health`: every instance (staging and primaries) has a process working in
+    `current` and its /_stcore/health answers "ok" (one read-only command, no waiting)."""
+    current = run.state.current
+    if not current:
+        raise StepFailed(f"{run.host}: no release is current")
+    st = status(run, health=True)
+    problems, serving = [], []
+    for inst in manager.settings(run.app).instances:
+        name, cur = f"{inst.role} instance {inst.port}", st.instances.get(inst.port)
+        if cur is None or cur.pid is None:
+            problems.append(f"{name}: no process")
+        elif not cur.runs(current):
+            problems.append(f"{name}: pid {cur.pid} runs from {cur.release or cur.cwd or '?'}, not current ({current})")
+        elif cur.health_problem():
+            problems.append(f"{name}: pid {cur.pid}: {cur.health_problem()}")
+        else:
+            serving.append(f":{inst.port} pid {cur.pid}")
+    if problems:
+        raise StepFailed(f"{run.host}: " + "; ".join(problems))
+    return f"{len(serving)} instance(s) on {current}, /_stcore/health ok ({', '.join(serving)})"
 
 
 def boot_check(run: HostRun, release_id: str) -> str:
@@ -168,4 +192,5 @@ STREAMLIT = Stack(
     ),
     boot_check=boot_check,
     activate=activate,
+    health=health,
 )

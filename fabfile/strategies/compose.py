@@ -130,8 +130,9 @@ def migrate_command(run: HostRun, command: str, env_names: list[str]) -> str:
 # ---------------------------------------------------------------- probes
 
 
-def probe(run: HostRun, port: int, ready: bool, smoke: bool) -> str:
-    """Every health URL (then /ready, then the smoke commands) against `port`; raises on the first failure."""
+def probe(run: HostRun, port: int, ready: bool, smoke: bool, timeout: float | None = None) -> str:
+    """Every health URL (then /ready, then the smoke commands) against `port`, each retried until `timeout`
+    (default: probe_timeout); raises on the first failure."""
     cs = settings(run)
     urls = [u.replace("{port}", str(port)) for u in cs.health]
     if ready and cs.ready:
@@ -140,7 +141,7 @@ def probe(run: HostRun, port: int, ready: bool, smoke: bool) -> str:
         target = dataclasses.replace(run.target, app=dataclasses.replace(
             run.app, health=dataclasses.replace(run.app.health, url=url)))
         try:
-            wait_healthy(run.remote, target, timeout=cs.probe_timeout)
+            wait_healthy(run.remote, target, timeout=cs.probe_timeout if timeout is None else timeout)
         except StepFailed as exc:
             raise StepFailed(f"{url}: {exc}") from None
     done = [f"{len(urls)} URL(s) ok"]
@@ -152,6 +153,30 @@ def probe(run: HostRun, port: int, ready: bool, smoke: bool) -> str:
                                  f"{(res.stderr or res.stdout).strip()[-300:]}")
         done.append(f"{len(cs.smoke)} smoke test(s) ok")
     return ", ".join(done)
+
+
+def health(run: HostRun) -> str:
+    """`fab health-check` / `inv health`: the project serving users (in place: the app's; else the color
+    the nginx upstream sends requests to) is running `current`, and its health URLs answer as the deploy
+    requires (`run.options.quick`: one probe each, no waiting)."""
+    cs, current = settings(run), run.state.current
+    if cs.mode == "in-place":
+        project = project_for(run)
+    else:
+        color = live_color(run)
+        if not color:
+            raise StepFailed(f"{run.host}: the nginx upstream sends requests to neither blue nor green")
+        project = dc.projects(cs)[color]
+    status, release = dc.ls(run.remote, run.app, run.layout).get(project.name, ("", ""))
+    if not dc.running(status):
+        raise StepFailed(f"{run.host}: {project.name} is not running ({status or 'no such project'})")
+    if release != current:
+        raise StepFailed(f"{run.host}: {project.name} runs {release or 'no release of ours'}, not current ({current})")
+    try:
+        detail = probe(run, project.port, ready=False, smoke=False, timeout=0 if run.options.quick else None)
+    except StepFailed as exc:
+        raise StepFailed(f"{project.name} on {addr(project.port)}: {exc}") from None
+    return f"{project.name} on {addr(project.port)} runs {current}: {detail}"
 
 
 # ---------------------------------------------------------------- going live
