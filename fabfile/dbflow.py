@@ -128,7 +128,7 @@ def undo_migration(run: HostRun, conn: DbConn, before: Fingerprint) -> str:
     except ShipfabError as exc:
         raise DatabaseNotRestored(f"{run.host}: {changed} and restoring {run.release.backup} failed: {exc}. "
                                   f"Restore it by hand: {restore_command(run)}") from None
-    run.notes.append(f"The database was restored from {run.release.backup} ({changed}): {detail}.")
+    run.notes.append(f"The database was restored, as {changed}: {detail}.")
     return f"{changed}: {detail}"
 
 

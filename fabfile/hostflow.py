@@ -166,14 +166,19 @@ def undo(run: HostRun, cause: str) -> None:
                 if detail:
                     details.append(detail)
         run.undos.clear()
-        notes = "".join(f" {n}" for n in run.notes)
         if problems:
-            run.fail("failed", errors.FAILED_MANUAL_ACTION,
-                     f"{cause}. The undo could not finish, manual action needed: {'; '.join(problems)}.{notes}")
+            run.fail("failed", errors.FAILED_MANUAL_ACTION, with_notes(
+                f"{cause}. The undo could not finish, manual action needed: {'; '.join(problems)}.", run.notes))
             return
         back = next((d for d in details if d.startswith("current -> ")), "")
         where = f"{back.split()[2]} is serving again" if back else "nothing went live"
-        run.fail("rolled_back", errors.FAILED_ROLLED_BACK, f"{where}. {cause}{notes}")
+        run.fail("rolled_back", errors.FAILED_ROLLED_BACK, with_notes(f"{where}. {cause}", run.notes))
+
+
+def with_notes(text: str, notes: list[str]) -> str:
+    """`text` and the undo's notes: on lines of their own when `text` ends in an output tail (several lines)."""
+    sep = "\n" if "\n" in text else " "
+    return text + "".join(sep + n for n in notes)
 
 
 # ---------------------------------------------------------------- finish

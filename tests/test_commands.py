@@ -8,6 +8,7 @@ import pytest
 
 from fabfile.context import HostState
 from fabfile.fleet import EXIT_PRIORITY
+from fabfile.hostflow import with_notes
 from fabfile.inventory import parse_inventory
 from fabfile.layout import Layout
 from fabfile.managers import boot_probe
@@ -406,3 +407,11 @@ def test_restart_failure_names_gunicorns_own_error_not_the_script():
     msg = failure_message("web1", "R2", log)
     assert msg.startswith("web1: gunicorn did not serve release R2: ModuleNotFoundError: No module named 'nope'\n")
     assert "alive()" not in msg and "pid_of" not in msg  # never the shell script
+
+
+def test_undo_notes_follow_the_reason_on_their_own_line_after_an_output_tail() -> None:
+    assert with_notes("nothing went live. web1: boot check failed", ["note A."]) == \
+        "nothing went live. web1: boot check failed note A."
+    tail = "nothing went live. migrate failed; its last lines:\nTraceback\nRuntimeError: boom"
+    assert with_notes(tail, ["The database was restored.", "B."]) == tail + "\nThe database was restored.\nB."
+    assert with_notes("x", []) == "x"
