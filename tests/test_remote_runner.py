@@ -12,7 +12,7 @@ from invoke.exceptions import CommandTimedOut
 
 from fabfile.inventory import load_inventory
 from fabfile.output import Printer
-from fabfile.remote import ConnectionLost, Remote, _ExitWaitingRunner
+from fabfile.remote import ConnectionLost, Remote, _config, _ExitWaitingRunner
 
 from .services import descendants
 
@@ -77,3 +77,13 @@ def _cmdline(pid: int) -> str:
             return fh.read().replace(b"\0", b" ").decode()
     except OSError:  # gone (FileNotFoundError), or exiting right now (ProcessLookupError)
         return ""
+
+
+def test_the_config_root_answers_invokes_lookups_and_still_tracks_changes() -> None:
+    config = _config({"run": {"in_stream": False}})
+    # What invoke asks with hasattr() on every `config.run`: present, so no AttributeError is built.
+    assert object.__getattribute__(config, "_keypath") == ()
+    assert object.__getattribute__(config, "_root") is config
+    assert config.run.in_stream is False
+    config.run.warn = True  # a change through a nested level still reaches the root (a clone keeps it)
+    assert config.clone().run.warn is True
