@@ -7,11 +7,13 @@ changes the host, shows them with -v, and turns failures into clear errors.
 
 from __future__ import annotations
 
+import codecs
 import io
 import logging
 import shlex
 import shutil
 import socket
+from collections.abc import Callable, Iterator
 from typing import IO
 
 import paramiko
@@ -53,7 +55,25 @@ class _ExitWaitingRunner(FabricRunner):
     # invoke's stdin loop also sleeps this long between two reads: the 10 ms default delayed the
     # end of every stdin we send (an archive, a secret) by 10 ms.
     input_sleep = 0.001
+    # Fewer, larger reads of the command's output (invoke reads 1000 bytes at a time).
+    read_chunk_size = 65536
     killed_by_timeout = False
+
+    def read_proc_output(self, reader: Callable[[int], bytes]) -> Iterator[str]:
+        """The output as text, decoded incrementally: a character split between two reads stays
+        whole (invoke decodes each read on its own, and a split é became two U+FFFD)."""
+        decoder = codecs.getincrementaldecoder(self.encoding)("replace")
+        while data := reader(self.read_chunk_size):
+            if text := decoder.decode(data):
+                yield text
+        if tail := decoder.decode(b"", final=True):
+            yield tail
+
+    def respond(self, buffer_: list[str]) -> None:
+        # invoke joins everything read so far on every chunk, for watchers (prompt responders):
+        # quadratic in the output's size. shipfab sets none (sudo runs with -n).
+        if self.watchers:
+            super().respond(buffer_)
 
     def wait(self) -> None:
         # paramiko sets status_event on the exit status and when the channel closes (a cut link, a timeout's kill).

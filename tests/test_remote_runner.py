@@ -35,6 +35,13 @@ def test_exit_status_output_and_back_to_back_commands(remote) -> None:
     assert all(out.splitlines()[-1] == f"end-{i}" and len(out.splitlines()) == 2001 for i, out in enumerate(outs))
 
 
+def test_large_non_ascii_output_arrives_whole(remote) -> None:
+    r, _ = remote
+    out = r.run("for i in $(seq 1 4000); do printf 'é€😀%.0s' 1 2 3 4 5 6 7 8 9 10; echo; done", change=False).stdout
+    lines = out.splitlines()
+    assert len(lines) == 4000 and set(lines) == {"é€😀" * 10}  # 360 KB: characters split between reads stay whole
+
+
 def test_stdin_arrives_whole_and_ends(remote) -> None:
     r, _ = remote
     data = "".join(f"line {i}\n" for i in range(20000))
