@@ -128,9 +128,16 @@ def deploy(targets: list[Target], printer: Printer, options: Options) -> int:
     stop = Stop()
     started = time.monotonic()
     release_id = ""
-    for run in runs:  # a ref that does not exist is a usage error, found before anything changes
+    # The ref resolved once per checkout, before anything changes (a ref that does not exist is a
+    # usage error): every host gets the same commit, even if the branch moves during the run.
+    resolved: dict[tuple[str, str], str] = {}
+    revisions: dict[str, str] = {}
+    for run in runs:
+        key = (run.app.checkout, options.ref or run.app.branch)
         if not run.app.repo:
-            local_revision(run.app.checkout, options.ref or run.app.branch)
+            if key not in resolved:
+                resolved[key] = local_revision(*key)
+            revisions[run.host] = resolved[key]
     with signals.interruptible():
         try:
             facts = lock_all(runs, f"deploy {options.ref or runs[0].app.branch}", not options.skip_checks, stop)
@@ -140,7 +147,7 @@ def deploy(targets: list[Target], printer: Printer, options: Options) -> int:
                 printer.line(f"release {release_id}{' (dry run: nothing will change)' if options.dry_run else ''}"
                              f"{f' ({how})' if how else ''}")
                 _notify(runs, "start", release_id, started)
-                deploy_fleet(runs, release_id, shape, stop)
+                deploy_fleet(runs, release_id, shape, stop, revisions)
         except KeyboardInterrupt as exc:
             for run in runs:
                 if run.status == "pending":
@@ -162,12 +169,14 @@ def choose_release_id(runs: list[HostRun]) -> str:
     return new_release_id(existing)
 
 
-def deploy_fleet(runs: list[HostRun], release_id: str, shape: Shape, stop: Stop) -> None:
-    """Prepare every host, then publish batch after batch; every host logged and pruned."""
+def deploy_fleet(runs: list[HostRun], release_id: str, shape: Shape, stop: Stop, revisions: dict[str, str]) -> None:
+    """Prepare every host, then publish batch after batch; every host logged and pruned.
+    `revisions`: host -> the commit its ref resolved to (hosts whose code comes from a local checkout)."""
     started = hostflow.now()
     plans: dict[str, tuple[list[list[Step]], list[Step]]] = {}
     for run in runs:
-        run.release = Release(id=release_id, ref=run.options.ref or run.app.branch, previous=run.state.current)
+        run.release = Release(id=release_id, ref=run.options.ref or run.app.branch, previous=run.state.current,
+                              revision=revisions.get(run.host, ""))
         plans[run.host] = hostflow.plan(stack_for(run.app.stack).steps)
 
     def mark_serving(run: HostRun) -> None:

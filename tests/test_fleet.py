@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from fabfile import errors, hostflow, parallel, rollout
+from fabfile import fleet as fleet_module
 from fabfile.context import HostRun, Options
 from fabfile.errors import InventoryError, UsageError
 from fabfile.fleet import timing_table
@@ -294,6 +295,30 @@ FLEET_LINE = re.compile(
 def _fleet_line(line: str) -> bool:
     """A line of the run itself (tables, release, batches, serving, verdict): no host prefix."""
     return bool(FLEET_LINE.search(line))
+
+
+def test_a_branch_moving_during_the_run_still_gives_every_host_one_commit(clean):
+    """The ref is resolved once, before anything changes: a commit that lands on the branch while
+    the fleet deploys (one host at a time here) reaches none of the hosts still to come."""
+    world = clean
+    git(world.repo, "branch", "-f", "moving", "v2")
+    before = git(world.repo, "rev-parse", "moving").strip()
+    moved: list[str] = []
+
+    class MoveTheBranchAfterTheFirstCode(Printer):
+        def line(self, text: str, host: str = "", level: int = 1, err: bool = False) -> None:
+            super().line(text, host, level, err)
+            if text.startswith("deploy_code") and " ok " in text and not moved:
+                commit = git(world.repo, "commit-tree", "v2^{tree}", "-p", before, "-m", "lands mid-run").strip()
+                git(world.repo, "update-ref", "refs/heads/moving", commit)
+                moved.append(commit)
+
+    targets = load_inventory(world.inventory).resolve("fleet")
+    code = fleet_module.deploy(targets, MoveTheBranchAfterTheFirstCode(verbosity=1),
+                               Options(ref="moving", parallel=1))
+    assert code == errors.OK and moved and moved[0] != before
+    revisions = {h: (host.deploy_to / "current" / "REVISION").read_text().strip() for h, host in world.hosts.items()}
+    assert set(revisions.values()) == {before}, revisions
 
 
 def test_a_host_failing_in_prepare_publishes_nothing_anywhere(clean):

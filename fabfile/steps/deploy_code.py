@@ -122,7 +122,7 @@ def deploy_code(remote: Remote, app: App, layout: Layout, release: Release) -> N
         create = mirror_extract_cmd(layout, release.id, release.revision, app.subdir)
         remote.run(create + " && " + _link(app, layout, release) + " && " + publish_cmd(layout, release.id))
         return
-    release.revision = local_revision(app.checkout, release.ref)
+    release.revision = release.revision or local_revision(app.checkout, release.ref)  # a fleet resolved it once
     archive = pack_local(app.checkout, release.revision, app.subdir)
     remote.run(extract_cmd(layout, release.id) + " && " + _link(app, layout, release) + " && "
                + publish_cmd(layout, release.id), stdin=archive, show_output=False)
