@@ -12,7 +12,7 @@ from invoke.exceptions import CommandTimedOut
 
 from fabfile.inventory import load_inventory
 from fabfile.output import Printer
-from fabfile.remote import ConnectionLost, Remote, _config, _ExitWaitingRunner
+from fabfile.remote import ConnectionLost, Remote, _config, _Runner
 
 from .services import descendants
 
@@ -27,7 +27,7 @@ def remote(world):
 
 def test_exit_status_output_and_back_to_back_commands(remote) -> None:
     r, _ = remote
-    assert r.conn.config.runners.remote is _ExitWaitingRunner
+    assert r.conn.config.runners.remote is _Runner
     res = r.run("printf out; printf err >&2; exit 3", change=False, warn=True)
     assert (res.exited, res.stdout, res.stderr) == (3, "out", "err")
     # All output written before the exit status arrives is there, command after command.

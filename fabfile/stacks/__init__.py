@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from ..context import HostRun
-from . import gunicorn
 from .base import Stack
 from .compose import COMPOSE
 from .gunicorn import GUNICORN
@@ -18,7 +17,6 @@ def stack_for(name: str) -> Stack:
 
 
 def check_health(run: HostRun) -> str:
-    """`fab health-check` and `inv health`: the host's stack's health hook (a stack without one: the HTTP
-    probe of [health]); a short detail when healthy, StepFailed naming what is wrong otherwise."""
-    hook = stack_for(run.app.stack).health or gunicorn.health
-    return str(hook(run))
+    """`fab health-check` and `inv health`: the host's stack's health hook; a short detail when healthy,
+    StepFailed naming what is wrong otherwise."""
+    return str(stack_for(run.app.stack).health(run))

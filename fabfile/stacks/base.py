@@ -28,7 +28,7 @@ class Stack:
     # Make `release_id` (already `current`) serve: restart/reload + wait + health.
     activate: Callable[[HostRun, str], str | None]
     # `fab health-check` / `inv health` of this stack: a short detail, or StepFailed naming what is wrong;
-    # `run.options.quick`: one probe, no waiting (None: the HTTP probe of [health]).
-    health: Callable[[HostRun], str | None] | None = None
+    # `run.options.quick`: one probe, no waiting.
+    health: Callable[[HostRun], str | None]
     # Shell run with the prune: what else goes with the pruned releases (None: nothing).
     prune: Callable[[App, list[str]], str] | None = None

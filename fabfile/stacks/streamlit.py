@@ -53,8 +53,8 @@ def health(run: HostRun) -> str:
             problems.append(f"{name}: no process")
         elif not cur.runs(current):
             problems.append(f"{name}: pid {cur.pid} runs from {cur.release or cur.cwd or '?'}, not current ({current})")
-        elif cur.health_problem():
-            problems.append(f"{name}: pid {cur.pid}: {cur.health_problem()}")
+        elif problem := cur.health_problem():
+            problems.append(f"{name}: pid {cur.pid}: {problem}")
         else:
             serving.append(f":{inst.port} pid {cur.pid}")
     if problems:
