@@ -26,6 +26,14 @@ SAMPLE = REPO / "examples" / "flaskapp"
 FAB = [sys.executable, "-c", "import sys; from fabric.main import program; sys.exit(program.run())"]
 
 
+def inv_health(inventory: Path, cwd: Path, *target: str, env: dict[str, str] | None = None,
+               timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The real `inv health [TARGET]` on `inventory`, run from `cwd` (`env`: the test process's by default)."""
+    return subprocess.run([sys.executable, "-m", "invoke", "-r", str(REPO), "health", *target], capture_output=True,
+                          text=True, env={**(os.environ if env is None else env), "SHIPFAB_HOSTS": str(inventory)},
+                          cwd=cwd, stdin=subprocess.DEVNULL, timeout=timeout)
+
+
 def git(repo: Path, *args: str) -> str:
     env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@t"}

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from fabfile.managers import compose as dc
 from fabfile.probes import error_rate
 from fabfile.strategies.compose import color_in, gate_problems
 
-from .conftest import REPO
+from .conftest import inv_health
 from .docker_rig import ComposeWorld, docker_rig, example_repo, make_world  # noqa: F401  (docker_rig: fixture)
 from .services import DEFAULT_SESSION_ENV, LoadGenerator
 
@@ -239,10 +238,8 @@ def test_watch_window_flips_back_when_the_new_color_answers_5xx(world_factory):
     assert step_time(out, "undo_switch_back") > 0, out  # the flip back ran as the undo (its time: bench/compose.py)
 
 
-def inv_health(w: ComposeWorld) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": DEFAULT_SESSION_ENV["PATH"], "SHIPFAB_HOSTS": str(w.inventory), "HOME": str(w.tmp)}
-    return subprocess.run([sys.executable, "-m", "invoke", "-r", str(REPO), "health"], capture_output=True, text=True,
-                          env=env, timeout=60, stdin=subprocess.DEVNULL, cwd=w.tmp)
+def compose_inv_health(w: ComposeWorld) -> subprocess.CompletedProcess[str]:
+    return inv_health(w.inventory, w.tmp, env={"PATH": DEFAULT_SESSION_ENV["PATH"], "HOME": str(w.tmp)})
 
 
 def test_health_is_the_live_color_running_current_and_answering(world_factory, docker_rig):  # noqa: F811
@@ -253,7 +250,7 @@ def test_health_is_the_live_color_running_current_and_answering(world_factory, d
     current = w.current()
     upstream = (w.tmp / "upstream.conf").read_text()
     live, port = next((c, p) for c, p in w.ports.items() if f"server 127.0.0.1:{p} weight=100 " in upstream)
-    inv = inv_health(w)
+    inv = compose_inv_health(w)
     assert inv.returncode == 0, inv.stdout + inv.stderr
     row = next(line for line in inv.stdout.splitlines() if line.startswith("api "))
     assert " healthy " in row and f"{w.project}-{live} on 127.0.0.1:{port} runs {current}: 1 URL(s) ok" in row, row
@@ -261,7 +258,7 @@ def test_health_is_the_live_color_running_current_and_answering(world_factory, d
     assert f"healthy: {w.project}-{live} on 127.0.0.1:{port} runs {current}" in out
 
     docker_rig.docker("compose", "-p", f"{w.project}-{live}", "stop")
-    inv = inv_health(w)
+    inv = compose_inv_health(w)
     assert inv.returncode == 1, inv.stdout + inv.stderr
     row = next(line for line in inv.stdout.splitlines() if line.startswith("api "))
     assert " UNHEALTHY " in row and f"{w.project}-{live} is not running (exited" in row, row

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import inv_health
 from .services import LoadGenerator
 
 pytestmark = pytest.mark.integration
@@ -218,14 +219,8 @@ def test_prune_keeps_keep_releases_and_cleans_venvs(world):
 
 
 def test_standalone_steps_and_inv_health(world):
-    import subprocess
-    import sys
-
     host = world.add_host("web1", manager="supervisor")
-    env = {**os.environ, "SHIPFAB_HOSTS": str(world.inventory)}
-    repo = Path(__file__).resolve().parents[1]
-    res = subprocess.run([sys.executable, "-m", "invoke", "-r", str(repo), "health"], capture_output=True, text=True,
-                         env=env)
+    res = inv_health(world.inventory, world.tmp)
     assert res.returncode == 1 and "NOT DEPLOYED" in res.stdout  # a server with nothing current is not healthy
     ok(world.fab("-H", "web1", "deploy", "--ref", "v1"))
     out = ok(world.fab("-H", "web1", "deploy-code", "--ref", "v2"))
@@ -238,13 +233,11 @@ def test_standalone_steps_and_inv_health(world):
     assert "healthy" in ok(world.fab("-H", "web1", "health-check"))
     assert host.health()["version"] == "v2"
 
-    res = subprocess.run([sys.executable, "-m", "invoke", "-r", str(repo), "health"], capture_output=True, text=True,
-                         env=env)
+    res = inv_health(world.inventory, world.tmp)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "web1" in res.stdout and new in res.stdout and "healthy" in res.stdout
     host.supervisord.ctl("stop", "app")
-    res = subprocess.run([sys.executable, "-m", "invoke", "-r", str(repo), "health"], capture_output=True, text=True,
-                         env=env)
+    res = inv_health(world.inventory, world.tmp)
     assert res.returncode == 1 and "UNHEALTHY" in res.stdout and "no HTTP answer" in res.stdout
 
 

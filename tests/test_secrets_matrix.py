@@ -22,11 +22,9 @@ encoding (URL, JSON, repr, shell quoting), so finding one also catches a secret 
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import shutil
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,7 +33,7 @@ from urllib.parse import quote, quote_plus, unquote
 
 import pytest
 
-from .conftest import REPO, World, git
+from .conftest import World, git, inv_health
 from .test_operator import Webhook
 
 pytestmark = pytest.mark.integration
@@ -149,12 +147,6 @@ class Capture:
     secrets: list[str] = field(default_factory=list)
 
 
-def inv_health(world: World) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "SHIPFAB_HOSTS": str(world.inventory)}
-    return subprocess.run([sys.executable, "-m", "invoke", "-r", str(REPO), "health", "web1"], capture_output=True,
-                          text=True, env=env, cwd=world.tmp, stdin=subprocess.DEVNULL, timeout=120)
-
-
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory, wheelhouse, leaky_repo) -> Iterator[Capture]:
     world = World(tmp_path_factory.mktemp("secrets"), wheelhouse, leaky_repo)
@@ -217,7 +209,7 @@ def run_scenario(world: World, hook: Webhook, cap: Capture) -> dict[str, str]:
     fab("history", 0, "history")
     fab("env.diff local", 0, "env.diff")
     fab("env.diff prod", 0, "env.diff", "prod.env")
-    res = inv_health(world)
+    res = inv_health(world.inventory, world.tmp, "web1", timeout=120)
     cap.codes["inv health"] = (0, res.returncode)
     texts["inv health stdout"], texts["inv health stderr"] = res.stdout, res.stderr
     cap.ps.stop()

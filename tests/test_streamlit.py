@@ -26,7 +26,7 @@ from fabfile.probes import watch as watcher
 from fabfile.stacks.streamlit import short_state
 from fabfile.streamlit_tasks import notes
 
-from .conftest import FAB, REPO, git
+from .conftest import FAB, REPO, git, inv_health
 from .services import LoadGenerator, Nginx, Sshd, Supervisord, free_port, make_ssh_keys
 
 EXAMPLE = REPO / "examples" / "streamlitapp"
@@ -435,12 +435,6 @@ def test_a_watch_breach_rolls_every_instance_back(deployed):
     assert alone.returncode == 0 and "within limits" in alone.stdout
 
 
-def _inv_health(rig: Rig) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "invoke", "-r", str(REPO), "health"], capture_output=True, text=True,
-                          env={**os.environ, "SHIPFAB_HOSTS": str(rig.inventory)}, cwd=rig.tmp, timeout=60,
-                          stdin=subprocess.DEVNULL)
-
-
 def _serves(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as resp:
@@ -454,7 +448,7 @@ def test_inv_health_and_health_check_judge_every_instance_on_current(deployed):
     a stopped primary and a frozen staging instance (alive, on current, not answering) are both named."""
     rig = deployed
     current = rig.current()
-    inv = _inv_health(rig)
+    inv = inv_health(rig.inventory, rig.tmp)
     assert inv.returncode == 0, inv.stdout + inv.stderr
     row = next(line for line in inv.stdout.splitlines() if line.startswith("st "))
     assert current in row and " healthy " in row and f"3 instance(s) on {current}, /_stcore/health ok" in row, row
@@ -468,7 +462,7 @@ def test_inv_health_and_health_check_judge_every_instance_on_current(deployed):
     rig.supervisord.ctl("stop", f"dash-{stopped}")
     os.kill(frozen, signal.SIGSTOP)
     try:
-        inv = _inv_health(rig)
+        inv = inv_health(rig.inventory, rig.tmp)
         check = rig.fab("health-check")
     finally:
         os.kill(frozen, signal.SIGCONT)
@@ -483,4 +477,4 @@ def test_inv_health_and_health_check_judge_every_instance_on_current(deployed):
     while not (_serves(stopped) and _serves(rig.staging)) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert rig.runs_from(stopped) == current and rig.runs_from(rig.staging) == current
-    assert _inv_health(rig).returncode == 0  # back as the other tests expect it
+    assert inv_health(rig.inventory, rig.tmp).returncode == 0  # back as the other tests expect it

@@ -24,7 +24,7 @@ from fabfile.steps import cron
 from fabfile.steps.launcher import LAUNCHER, launch_cmd, launch_stdin
 from fabfile.steps.release_commands import summary
 
-from .conftest import FAB, REPO, git
+from .conftest import FAB, REPO, git, inv_health
 from .pg import PostgreSQL
 from .services import Sshd, Supervisord, make_ssh_keys
 
@@ -338,8 +338,7 @@ def test_group_deploy_migrates_once_moves_workers_after_their_job_and_cron_to_cu
 
     health = rig.fab("-H", "b", "health-check")
     assert health.returncode == 0 and "status: HEALTHY; failure_rate 0.00%" in health.stdout
-    inv = subprocess.run([sys.executable, "-m", "invoke", "-r", str(REPO), "health", "etl"], capture_output=True,
-                         text=True, env={**os.environ, "SHIPFAB_HOSTS": str(rig.inventory)}, cwd=rig.tmp, timeout=60)
+    inv = inv_health(rig.inventory, rig.tmp, "etl")
     assert inv.returncode == 0 and inv.stdout.count("healthy") == 2 and "status: HEALTHY" in inv.stdout, inv.stdout
 
     back = ok(rig.fab("-H", "etl", "rollback"))
