@@ -41,12 +41,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from deploy_vs_ssh import FLOOR_BOOT, FLOOR_COMMON, Floor, floor_steps, make_repo, make_wheelhouse  # noqa: E402
+from deploy_vs_ssh import FLOOR_BOOT, FLOOR_COMMON, Floor, fab_entry, floor_steps, make_repo, make_wheelhouse  # noqa: E402
 
 from fabfile.inventory import load_inventory  # noqa: E402
 from fabfile.output import table  # noqa: E402
 from fabfile.release import ID_FORMAT  # noqa: E402
-from tests.conftest import FAB, World  # noqa: E402
+from tests.conftest import World  # noqa: E402
 from tests.services import free_port  # noqa: E402
 
 # The floor's reload for the pidfile manager: the master named by the pidfile gets the HUP
@@ -134,6 +134,7 @@ class Fleet:
     relay_ports: dict[str, int]
     samples: dict[str, list[float]] = field(default_factory=dict)
     cpu: dict[str, list[float]] = field(default_factory=dict)
+    busy: dict[str, list[float]] = field(default_factory=dict)  # the machine's busy CPU seconds per run
     steps: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
     def route(self, via_relay: bool) -> None:
@@ -169,7 +170,7 @@ class Fleet:
         """The real CLI; (stdout, wall seconds, CPU seconds of the fab process and its children)."""
         env = {**os.environ, "SHIPFAB_HOSTS": str(self.world.inventory)}
         started = time.perf_counter()
-        proc = subprocess.Popen([*FAB, "-r", str(REPO), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen([*self.world.cli, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, env=env, stdin=subprocess.DEVNULL, cwd=self.world.tmp)
         out = proc.stdout.read() if proc.stdout else ""
         _, status, usage = os.wait4(proc.pid, 0)
@@ -181,29 +182,31 @@ class Fleet:
 
     def shipfab(self, name: str, *args: str) -> None:
         report = self.world.tmp / "fleet.json"
+        busy = machine_busy()
         _, wall, cpu = self.fab("-H", "fleet", *args, "--parallel", str(len(self.hosts)), "--quiet",
                                 "--json", str(report))
-        self._record(name, wall, cpu)
+        self._record(name, wall, cpu, machine_busy() - busy)
         per_step = self.steps.setdefault(name, {})
         hosts = json.loads(report.read_text())["hosts"]
         for step in hosts[0]["timings"]:
             per_step.setdefault(step, []).append(statistics.median(h["timings"].get(step, 0) for h in hosts))
 
     def floor(self, name: str, op: str, ref: str = "") -> None:
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        before, busy = resource.getrusage(resource.RUSAGE_CHILDREN), machine_busy()
         started = time.perf_counter()
         outs = PidfileFloor.run_all(self.floors, op, ref)
         wall = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        self._record(name, wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+        self._record(name, wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, machine_busy() - busy)
         per_step = self.steps.setdefault(name, {})
         found = [floor_steps(o) for o in outs]
         for step in found[0]:
             per_step.setdefault(step, []).append(statistics.median(f.get(step, 0) for f in found))
 
-    def _record(self, name: str, wall: float, cpu: float) -> None:
+    def _record(self, name: str, wall: float, cpu: float, busy: float) -> None:
         self.samples.setdefault(name, []).append(wall)
         self.cpu.setdefault(name, []).append(cpu)
+        self.busy.setdefault(name, []).append(busy)
 
     def round(self, label: str, i: int) -> None:
         ops = [("shipfab", self._shipfab_pair), ("floor", self._floor_pair)]
@@ -273,6 +276,13 @@ class PidfileFloor(Floor):
         return outs
 
 
+def machine_busy() -> float:
+    """CPU seconds this machine spent on anything but idling so far (/proc/stat): controller and hosts."""
+    with open("/proc/stat") as fh:
+        ticks = [int(t) for t in fh.readline().split()[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def _q(value: str) -> str:
     return shlex.quote(value)
 
@@ -281,7 +291,7 @@ def _q(value: str) -> str:
 
 
 def setup(tmp: Path, n: int) -> Fleet:
-    world = World(tmp, make_wheelhouse(tmp / "wheels"), make_repo(tmp / "apprepo"))
+    world = World(tmp, make_wheelhouse(tmp / "wheels"), make_repo(tmp / "apprepo"), cli=fab_entry())
     names = [f"web{i + 1:02d}" for i in range(n)]
     for name in names:
         world.add_host(name, manager="pidfile")
@@ -309,9 +319,12 @@ def report(fleet: Fleet, labels: list[str], n: int, runs: int) -> str:
         for op in ("deploy", "rollback"):
             ship, floor = fleet.samples[f"{op} {label} shipfab"], fleet.samples[f"{op} {label} floor"]
             rows.append([f"{op}, {label}", f"{med(ship):.2f}", f"{med(floor):.2f}", f"{med(ship) / med(floor):.2f}x",
-                         f"{med(fleet.cpu[f'{op} {label} shipfab']):.2f}", f"{med(fleet.cpu[f'{op} {label} floor']):.2f}"])
-    lines = [f"{n} hosts, medians of {runs} runs (wall seconds; controller CPU seconds)", "",
-             table(["operation, one-way delay", "shipfab", "floor", "ratio", "shipfab CPU", "floor CPU"], rows), ""]
+                         f"{med(fleet.cpu[f'{op} {label} shipfab']):.2f}", f"{med(fleet.cpu[f'{op} {label} floor']):.2f}",
+                         f"{med(fleet.busy[f'{op} {label} shipfab']):.1f}", f"{med(fleet.busy[f'{op} {label} floor']):.1f}"])
+    lines = [f"{n} hosts, medians of {runs} runs (wall seconds; controller CPU seconds; the machine's busy CPU "
+             "seconds, controller and hosts)", "",
+             table(["operation, one-way delay", "shipfab", "floor", "ratio", "shipfab CPU", "floor CPU",
+                    "shipfab machine", "floor machine"], rows), ""]
     for label in labels:
         for op in ("deploy", "rollback"):
             for who in ("shipfab", "floor"):

@@ -23,13 +23,14 @@ from .services import Nginx, Sshd, Supervisord, free_port, make_ssh_keys
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "examples" / "flaskapp"
-FAB = [sys.executable, "-c", "import sys; from fabric.main import program; sys.exit(program.run())"]
+FAB = [sys.executable, str(REPO / "launch.py"), "fab"]  # as ./fab runs it
+INV = [sys.executable, str(REPO / "launch.py"), "inv"]  # as ./inv runs it
 
 
 def inv_health(inventory: Path, cwd: Path, *target: str, env: dict[str, str] | None = None,
                timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """The real `inv health [TARGET]` on `inventory`, run from `cwd` (`env`: the test process's by default)."""
-    return subprocess.run([sys.executable, "-m", "invoke", "-r", str(REPO), "health", *target], capture_output=True,
+    return subprocess.run([*INV, "-r", str(REPO), "health", *target], capture_output=True,
                           text=True, env={**(os.environ if env is None else env), "SHIPFAB_HOSTS": str(inventory)},
                           cwd=cwd, stdin=subprocess.DEVNULL, timeout=timeout)
 
@@ -162,6 +163,7 @@ class World:
     groups: dict[str, list[str]] = field(default_factory=dict)
     extra_app: dict = field(default_factory=dict)
     extra_toml: str = ""  # appended to [apps.sample] (e.g. preflight / notify tables)
+    cli: list[str] = field(default_factory=lambda: [*FAB, "-r", str(REPO)])  # the benches use ./fab itself
 
     def __post_init__(self) -> None:
         self.keys = make_ssh_keys(self.tmp / "keys")
@@ -224,12 +226,12 @@ class World:
     def fab(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
         """Run the real `fab` CLI on this world's hosts.toml, from its dir (so its .env is the local one)."""
         env = {**os.environ, "SHIPFAB_HOSTS": str(self.inventory)}
-        return subprocess.run([*FAB, "-r", str(REPO), *args], capture_output=True, text=True, env=env,
+        return subprocess.run([*self.cli, *args], capture_output=True, text=True, env=env,
                               timeout=timeout, stdin=subprocess.DEVNULL, cwd=self.tmp)
 
     def popen_fab(self, *args: str) -> subprocess.Popen[str]:
         env = {**os.environ, "SHIPFAB_HOSTS": str(self.inventory)}
-        return subprocess.Popen([*FAB, "-r", str(REPO), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        return subprocess.Popen([*self.cli, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, env=env, stdin=subprocess.DEVNULL, cwd=self.tmp)
 
     def stop(self) -> None:

@@ -55,8 +55,44 @@ def test_floor_steps_are_the_time_between_marks() -> None:
     assert abs(steps["finish"] - 0.75) < 1e-9
 
 
-FAB_LIST = [sys.executable, "-c", "import sys; from fabric.main import program; sys.exit(program.run())",
-            "-r", str(REPO), "--list"]
+FAB_LIST = [sys.executable, str(REPO / "launch.py"), "fab", "-r", str(REPO), "--list"]  # as ./fab runs it
+UNUSED = ("unittest", "unittest.mock", "asyncio", "invoke.vendor.yaml.loader", "invoke.vendor.yaml.cyaml")
+
+
+def _imported(argv: list[str]) -> set[str]:
+    """The modules a `fab --list` process imported (python -X importtime)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    res = subprocess.run([sys.executable, "-X", "importtime", *argv], capture_output=True, text=True, env=env, check=True)
+    return {line.rsplit("|", 1)[1].strip() for line in res.stderr.splitlines() if line.startswith("import time:")}
+
+
+def test_launch_leaves_out_the_modules_no_command_uses() -> None:
+    """./fab starts through launch.py: invoke's unittest.mock (with asyncio) and YAML parser are not imported."""
+    assert set(UNUSED) <= _imported(["-m", "fabric", "-r", str(REPO), "--list"])  # Fabric's own start imports them
+    assert _imported(FAB_LIST[1:]).isdisjoint(UNUSED)
+
+
+def test_launch_loads_them_when_they_are_used(tmp_path: Path) -> None:
+    """MockContext's Mock and a YAML config file still work: the modules load on first use."""
+    (tmp_path / "conf.yaml").write_text("answer: 42\nrun: {echo: true}\n")
+    script = f"""
+import gc, sys
+sys.path.insert(0, {str(REPO)!r})
+import launch
+launch.import_program("inv")
+assert gc.isenabled()
+assert not any(m in sys.modules for m in {UNUSED!r}), [m for m in {UNUSED!r} if m in sys.modules]
+from invoke import Config, MockContext, Result
+config = Config(runtime_path={str(tmp_path / "conf.yaml")!r})
+config.load_runtime()
+assert config.answer == 42 and config.run.echo is True
+assert MockContext(run=Result("hi")).run("anything").stdout == "hi"
+import unittest.mock
+assert unittest.mock.Mock is not launch._mock and unittest.mock.ANY is not None
+print("ok")
+"""
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert res.stdout.strip() == "ok", res.stderr
 
 
 def _cached_modules(prefix: Path) -> set[str]:
