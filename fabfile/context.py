@@ -91,6 +91,7 @@ class HostRun:
     done: list[str] = field(default_factory=list)  # steps that returned normally (observed, in order)
     notes: list[str] = field(default_factory=list)  # what the undo left as it is, for the summary
     lock_token: str = ""  # set while this run holds the host's deploy lock
+    python_version: str = ""  # sys.version of the app's python, as the pre-flight facts read it ("" unread)
 
     @property
     def app(self) -> App:

@@ -14,7 +14,6 @@ SIGINT, SIGTERM and SIGHUP stop every host at its next step: undo, log, unlock.
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from .stacks import stack_for
 from .stacks.base import Stack, Step
 from .steps import host_state, release_log
 from .steps.deploy_code import local_revision
-from .steps.preflight import checks_from, facts_cmd
+from .steps.preflight import checks_from, facts_cmd, python_version
 from .strategies import symlink
 
 TIMING_COLUMNS = 8  # up to this many hosts the timing table has a column per host
@@ -286,9 +285,11 @@ def preflight_passed(runs: list[HostRun], facts: dict[str, str], printer: Printe
         for run in runs:
             run.checks = [Check("preflight", True, "skipped (--skip-checks)")]
         return True
+    ahead: dict[tuple[str, str, str], str] = {}
     for run in runs:
         run.checks = checks_from(run.remote, run.target, facts.get(run.host, ""), options.ref,
-                                 locked_by_us=bool(run.lock_token) or options.dry_run, state=run.state)
+                                 locked_by_us=bool(run.lock_token) or options.dry_run, state=run.state, ahead=ahead)
+        run.python_version = python_version(facts.get(run.host, ""))
     print_checks(runs, printer, always_show)
     bad = [run for run in runs if any(not c.ok and not c.warning for c in run.checks)]
     for run in bad:
@@ -505,6 +506,12 @@ def serving(run: HostRun) -> str:
     return run.state.current or "-"
 
 
+def median(ordered: list[float]) -> float:
+    """The median of values already in order (`statistics` would add ~3 ms to every `fab`'s start)."""
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
 def timing_table(runs: list[HostRun]) -> str:
     """Seconds per step: a column per host (up to TIMING_COLUMNS hosts), else one row per step
     with min / median / max over the hosts that ran it and the slowest host."""
@@ -518,7 +525,7 @@ def timing_table(runs: list[HostRun]) -> str:
     rows = []
     for s in steps:
         took = sorted((r.timings[s], r.host) for r in runs if s in r.timings)
-        rows.append([s, len(took), f"{took[0][0]:.2f}", f"{statistics.median(t for t, _ in took):.2f}",
+        rows.append([s, len(took), f"{took[0][0]:.2f}", f"{median([t for t, _ in took]):.2f}",
                      f"{took[-1][0]:.2f}", took[-1][1]])
     return table(["step (s)", "hosts", "min", "median", "max", "slowest"], rows)
 

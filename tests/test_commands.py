@@ -120,6 +120,28 @@ def test_pip_sync_builds_under_its_own_name_and_links_when_complete():
     assert script.endswith("ln -sfn \"$v\" '/srv/my app/releases/R1/.venv'")
     assert "--no-index" not in sync_script(L, "R1", "python3", "")
     assert parse_sync("REUSED 0123456789abcdef\n") == ("0123456789abcdef", False)
+
+
+def test_pip_sync_hashes_the_same_version_text_as_python_prints():
+    """Given python's sys.version (from the pre-flight facts), the hash is the one python's own answer gives."""
+    def venv_hash(version: str) -> str:
+        first = sync_script(L, "R1", "python3", "/srv/wheels", version=version).split("\nv=")[0]  # the hash
+        assert ("python3 -I -S" in first) == (not version)
+        return subprocess.run(["bash", "-c", first + '\necho "$h"'], capture_output=True, text=True, check=True).stdout
+    real = subprocess.run(["python3", "-I", "-S", "-c", "import sys; print(sys.version)"], capture_output=True,
+                          text=True, check=True).stdout.rstrip("\n")
+    assert venv_hash("") == venv_hash(real) != venv_hash(real + " other")
+    assert venv_hash("3.9.2 (default,\n  Feb 28 2021) [GCC 10.2.1]") != venv_hash("")  # several lines, quoted whole
+
+
+def test_python_version_from_the_facts():
+    from fabfile.steps.preflight import python_version
+
+    assert python_version("df 1 2\npyver 3.11.2 '3.11.2 (main, Mar 13 2023) [GCC 12.2.0]'\n") == \
+        "3.11.2 (main, Mar 13 2023) [GCC 12.2.0]"
+    assert python_version("pyver 3.9.2 '3.9.2 (default)\\n[GCC]'") == "3.9.2 (default)\n[GCC]"
+    assert python_version("pyver -") == python_version("pyver 3.11.2") == python_version("") == ""
+    assert python_version("pyver 3.11.2 __import__('os')") == python_version("pyver 3.1 42") == ""
     assert parse_sync("noise\nBUILT fedcba9876543210\n") == ("fedcba9876543210", True)
 
 
@@ -395,7 +417,10 @@ def test_preflight_facts_script_runs_read_only(tmp_path):
     facts = preflight.parse_facts(out)
     assert sorted(facts["envkey"]) == ["API_KEY set", "EMPTY empty", "SPACED set"]
     assert "abc" not in out and "x y" not in out  # values never leave the host
-    assert facts["lock"] == ["free"] and facts["pyver"][0].count(".") == 2
+    assert facts["lock"] == ["free"] and facts["pyver"][0].split()[0].count(".") == 2
+    # the whole sys.version comes along, for pip_sync's hash
+    version = subprocess.run(["python3", "-c", "import sys; print(sys.version)"], capture_output=True, text=True).stdout
+    assert preflight.python_version(out) == version.rstrip("\n")
     assert sorted(p.name for p in root.rglob("*")) == before
 
 

@@ -218,6 +218,19 @@ def test_prune_keeps_keep_releases_and_cleans_venvs(world):
     assert venvs == used
 
 
+def test_the_venv_hash_is_the_same_whether_the_facts_or_python_give_the_version(world):
+    """With pre-flight checks the venv hash takes python's sys.version from the facts; without,
+    pip_sync asks python: both name the same venv, which is reused, never built twice."""
+    host = world.add_host("web1", manager="pidfile")
+    ok(world.fab("-H", "web1", "deploy", "--ref", "v1"))
+    for args in (("--ref", "v2", "--skip-checks"), ("--ref", "v1"), ("--ref", "v2", "--skip-checks")):
+        assert "(reused)" in ok(world.fab("-H", "web1", "deploy", "-v", *args)), args
+    venvs = [p.name for p in (host.deploy_to / "venvs").iterdir()]
+    assert len(venvs) == 2, venvs  # the venv and the build directory its link names
+    used = {os.readlink(host.deploy_to / "releases" / r / ".venv") for r in host.releases()}
+    assert len(used) == 1 and len(host.releases()) == 3
+
+
 def test_standalone_steps_and_inv_health(world):
     host = world.add_host("web1", manager="supervisor")
     res = inv_health(world.inventory, world.tmp)

@@ -128,6 +128,8 @@ def test_timing_table_columns_per_host_up_to_eight_then_min_median_max(tmp_path)
     many = timing_table(_runs(12, tmp_path)).splitlines()
     assert many[0].split() == ["step", "(s)", "hosts", "min", "median", "max", "slowest"]
     assert many[3].split() == ["deploy_code", "12", "1.00", "6.50", "12.00", "n11"]
+    odd = timing_table(_runs(9, tmp_path)).splitlines()
+    assert odd[3].split() == ["deploy_code", "9", "1.00", "5.00", "9.00", "n8"]
 
 
 # ---------------------------------------------------------------- the fleet

@@ -22,17 +22,22 @@ from ..remote import Remote
 q = shlex.quote
 
 
-def sync_script(layout: Layout, release_id: str, python: str, wheelhouse: str, extra: tuple[str, ...] = ()) -> str:
+def sync_script(layout: Layout, release_id: str, python: str, wheelhouse: str, extra: tuple[str, ...] = (),
+                version: str = "") -> str:
     """One round trip: hash, reuse-or-build, link `<release>/.venv`. pip's output goes to
-    stdout (streamed with -v); `extra` joins the hash only when there is any (old venvs stay valid)."""
+    stdout (streamed with -v); `extra` joins the hash only when there is any (old venvs stay valid).
+    `version`: `python`'s sys.version as the pre-flight facts read it (its line in the hash
+    without starting python again); "" asks python."""
     rel = layout.release(release_id)
     req = q(f"{rel}/requirements.txt")
     index = f"--no-index --find-links {q(wheelhouse)} " if wheelhouse else ""
     py = q(python)
     pip = f'"$b/bin/pip" install --disable-pip-version-check {index}'
     extras = " ".join(map(q, extra))
-    return "\n".join([  # python -I -S: no site import (faster), the same sys.version, so the same hash
-        f"h=$({{ cat {req} 2>/dev/null; {py} -I -S -c 'import sys; print(sys.version)'; echo {q(wheelhouse)};"
+    # python -I -S: no site import (faster), the same sys.version, so the same hash
+    sys_version = f"printf '%s\\n' {q(version)}" if version else f"{py} -I -S -c 'import sys; print(sys.version)'"
+    return "\n".join([
+        f"h=$({{ cat {req} 2>/dev/null; {sys_version}; echo {q(wheelhouse)};"
         f"{f' echo extra {q(extras)};' if extra else ''} }} | sha256sum | cut -c1-16) || exit 1",
         f"v={q(layout.venvs)}/$h; b=$v.build-{q(release_id)}",
         # a venv of shipfab < 2 is a directory with a completion marker
@@ -64,11 +69,11 @@ def parse_sync(stdout: str) -> tuple[str, bool]:
     return "", False
 
 
-def pip_sync(remote: Remote, app: App, layout: Layout, release: Release) -> str:
+def pip_sync(remote: Remote, app: App, layout: Layout, release: Release, python_version: str = "") -> str:
     """Make sure the release has its venv; returns 'reused' or 'built'. With -v pip's lines
-    stream as they come, prefixed with the host."""
+    stream as they come, prefixed with the host. `python_version`: see sync_script."""
     stream = LineStream(lambda line: remote.printer.line(line, remote.host, level=2))
-    script = sync_script(layout, release.id, app.python, app.wheelhouse, app.extra_requirements)
+    script = sync_script(layout, release.id, app.python, app.wheelhouse, app.extra_requirements, python_version)
     out = remote.run(script, show_output=False, out_stream=stream).stdout
     stream.close()
     if remote.dry_run:

@@ -9,6 +9,7 @@ and whether each is empty come back.
 
 from __future__ import annotations
 
+import ast
 import shlex
 import subprocess
 import time
@@ -64,6 +65,10 @@ ENV_KEYS_AWK = (
 )
 
 
+# `X.Y.Z 'sys.version'`: the version to check, and the text pip_sync hashes (so it need not start python again)
+PYVER = 'import sys; print("%d.%d.%d" % sys.version_info[:3], repr(sys.version))'
+
+
 def facts_cmd(app: App, layout: Layout) -> str:
     """Print one `name value...` line per fact; read-only."""
     sudo = "sudo -n " if app.gunicorn.sudo else ""
@@ -74,8 +79,7 @@ def facts_cmd(app: App, layout: Layout) -> str:
         f"for b in {' '.join(q(b) for b in required_binaries(app))}; do "
         "printf 'bin %s %s\\n' \"$b\" \"$(command -v \"$b\" || echo -)\"; done",
         # -I -S: no site import (half the cost of this fact), same answer
-        f"echo \"pyver $({q(app.python)} -I -S -c 'import sys; print(\"%d.%d.%d\" % sys.version_info[:3])' 2>/dev/null"
-        " || echo -)\"",
+        f"echo \"pyver $({q(app.python)} -I -S -c {q(PYVER)} 2>/dev/null || echo -)\"",
         f"if [ -f {q(layout.shared + '/.env')} ]; then echo env present; "
         f"awk {q(ENV_KEYS_AWK)} {q(layout.shared + '/.env')}; else echo env missing; fi",
         f"if [ -d {q(layout.lock)} ]; then echo \"lock held $(tr -d '\\n' < {q(layout.lock + '/owner.json')} "
@@ -130,7 +134,7 @@ def evaluate(app: App, facts: dict[str, list[str]], commits_ahead: str = "") -> 
     missing = [line.split()[0] for line in facts.get("bin", []) if line.split()[-1] == "-"]
     found = [line.split()[0] for line in facts.get("bin", []) if line.split()[-1] != "-"]
     checks.append(Check("binaries", not missing, f"missing: {', '.join(missing)}" if missing else ", ".join(found)))
-    pyver = facts.get("pyver", ["-"])[0]
+    pyver = facts.get("pyver", ["-"])[0].split(" ", 1)[0]
     if pyver == "-":
         checks.append(Check("python", False, f"{app.python} does not run"))
     else:
@@ -167,6 +171,16 @@ def evaluate(app: App, facts: dict[str, list[str]], commits_ahead: str = "") -> 
     return checks
 
 
+def python_version(out: str) -> str:
+    """sys.version of the app's python, from the facts output ("" when it did not run)."""
+    _, _, text = (parse_facts(out).get("pyver", ["-"])[0] + " ").partition(" ")
+    try:
+        version = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        return ""
+    return version if isinstance(version, str) else ""
+
+
 def commits_ahead(app: App, current_revision: str, ref: str) -> str:
     """How many commits `ref` is ahead of the deployed revision (local checkout only; '' if unknown)."""
     if not app.checkout or not current_revision:
@@ -177,17 +191,21 @@ def commits_ahead(app: App, current_revision: str, ref: str) -> str:
 
 
 def checks_from(remote: Remote, target: Target, out: str, ref: str | None, locked_by_us: bool,
-                state: HostState | None = None) -> list[Check]:
+                state: HostState | None = None, ahead: dict[tuple[str, str, str], str] | None = None) -> list[Check]:
     """The checks for facts already gathered (`out`), plus the database checks (given the
-    host's `state` when it was read with the facts)."""
+    host's `state` when it was read with the facts). `ahead`: commits_ahead's answers so far
+    in this run (the hosts of a fleet mostly share one checkout and revision: one `git` for all)."""
     facts = parse_facts(out)
     if locked_by_us:
         facts["lock"] = ["free"]
     revision = (facts.get("current", [""])[0] + " ").split(" ")[1]
     how = "local sandbox (no ssh)" if target.local else "reachable"
     checks = [Check("ssh", True, how)]
-    return checks + evaluate(target.app, facts, commits_ahead(target.app, revision, ref or target.app.branch)) \
-        + db_checks.run_checks(remote, target, state=state)
+    key = (target.app.checkout, revision, ref or target.app.branch)
+    ahead = {} if ahead is None else ahead
+    if key not in ahead:
+        ahead[key] = commits_ahead(target.app, *key[1:])
+    return checks + evaluate(target.app, facts, ahead[key]) + db_checks.run_checks(remote, target, state=state)
 
 
 def run_checks(remote: Remote, target: Target, ref: str | None = None) -> list[Check]:

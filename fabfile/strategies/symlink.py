@@ -33,7 +33,7 @@ def _remove(run: HostRun, release_id: str) -> str:
 def pip_sync(run: HostRun) -> str:
     """Step: the venv for the release's requirements (reused when they did not change)."""
     run.on_undo("venv_build", lambda: _cleanup_venv(run))
-    return venv.pip_sync(run.remote, run.app, run.layout, run.release)
+    return venv.pip_sync(run.remote, run.app, run.layout, run.release, run.python_version)
 
 
 def _cleanup_venv(run: HostRun) -> None:
