@@ -17,6 +17,10 @@ import importlib.util
 import sys
 import types
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from invoke import Program
 
 LOADED_WHEN_USED = ("invoke.vendor.yaml",)
 
@@ -27,7 +31,8 @@ class LoadWhenUsed:
     def __init__(self, names: Sequence[str]) -> None:
         self.names = set(names)
 
-    def find_spec(self, name: str, path: Sequence[str] | None, target: types.ModuleType | None = None):
+    def find_spec(self, name: str, path: Sequence[str] | None,
+                  target: types.ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
         if name not in self.names:
             return None
         spec = importlib.machinery.PathFinder.find_spec(name, path)
@@ -36,14 +41,14 @@ class LoadWhenUsed:
         return spec
 
 
-def _mock(*args, **kwargs):
+def _mock(*args: Any, **kwargs: Any) -> Any:
     """invoke's `Mock`: unittest.mock.Mock, imported on the first call."""
     from unittest.mock import Mock
 
     return Mock(*args, **kwargs)
 
 
-def import_program(name: str):
+def import_program(name: str) -> Program:
     """Fabric's (`fab`) or Invoke's (`inv`) program object, imported with less work."""
     stand_in = types.ModuleType("unittest.mock")
     stand_in.Mock = _mock
