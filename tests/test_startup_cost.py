@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import marshal
 import os
 import subprocess
 import sys
@@ -80,7 +81,7 @@ import gc, sys
 sys.path.insert(0, {str(REPO)!r})
 import launch
 launch.import_program("inv")
-assert gc.isenabled()
+assert gc.isenabled() and gc.get_freeze_count() > 10_000  # what Fabric imported: out of the collector's sight
 assert not any(m in sys.modules for m in {UNUSED!r}), [m for m in {UNUSED!r} if m in sys.modules]
 from invoke import Config, MockContext, Result
 config = Config(runtime_path={str(tmp_path / "conf.yaml")!r})
@@ -93,6 +94,76 @@ print("ok")
 """
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert res.stdout.strip() == "ok", res.stderr
+
+
+METHODS_SCRIPT = f"""
+import sys
+sys.path.insert(0, {str(REPO)!r})
+import launch
+launch.import_program("fab")
+import fabfile
+from fabfile.inventory import Range
+r = Range(1, 5, why="x")
+assert r == Range(1, 5, why="x") and r != Range(2, 5, why="x") and hash(r) == hash(Range(1, 5, why="x"))
+assert repr(r) == "Range(lo=1, hi=5, above=False, why='x')", repr(r)
+annotations = {{"lo": "float", "hi": "float", "above": "bool", "why": "str", "return": None}}
+assert Range.__init__.__annotations__ == annotations, Range.__init__.__annotations__  # compiled as dataclasses does
+try:
+    r.lo = 3
+except Exception as exc:
+    assert type(exc).__name__ == "FrozenInstanceError", exc
+else:
+    raise AssertionError("a frozen dataclass was changed")
+print(launch.METHODS.compiled, len(launch.METHODS.used))
+"""
+
+
+def _methods_run(prefix: Path, **env: str) -> tuple[int, int]:
+    """(methods compiled, methods used) by a process that imports the tasks through launch.py and
+    checks that a dataclass still compares, hashes, prints and refuses changes; the cache under `prefix`."""
+    base = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    res = subprocess.run([sys.executable, "-c", METHODS_SCRIPT], capture_output=True, text=True,
+                         env={**base, "PYTHONPYCACHEPREFIX": str(prefix), **env})
+    assert res.returncode == 0, res.stderr
+    compiled, used = res.stdout.split()
+    return int(compiled), int(used)
+
+
+def _method_cache(prefix: Path) -> list[Path]:
+    return list(prefix.rglob("dataclass-methods.*.marshal"))
+
+
+def test_dataclass_methods_are_compiled_once_and_kept(tmp_path: Path) -> None:
+    """The first start compiles every method @dataclass writes and keeps them; the next compiles none."""
+    compiled, used = _methods_run(tmp_path)
+    assert compiled == used > 150  # shipfab's ~40 dataclasses, several methods each
+    assert len(_method_cache(tmp_path)) == 1
+    assert _methods_run(tmp_path) == (0, used)
+    # Concurrent starts with no cache: each writes a whole file (renamed into place), the next uses it.
+    for path in _method_cache(tmp_path):
+        path.unlink()
+    base = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    procs = [subprocess.Popen([sys.executable, "-c", METHODS_SCRIPT], stdout=subprocess.PIPE,
+                              env={**base, "PYTHONPYCACHEPREFIX": str(tmp_path)}) for _ in range(4)]
+    assert all(p.wait(timeout=60) == 0 for p in procs)
+    assert _methods_run(tmp_path) == (0, used)
+    assert [p.name for p in _method_cache(tmp_path)[0].parent.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_a_damaged_or_foreign_method_cache_is_ignored_and_replaced(tmp_path: Path) -> None:
+    _, used = _methods_run(tmp_path)
+    (path,) = _method_cache(tmp_path)
+    good = path.read_bytes()
+    for bad in (b"", b"not marshal data", good[: len(good) // 2], marshal.dumps((b"\0\0\r\n", {})),
+                marshal.dumps([1, 2]), marshal.dumps((importlib.util.MAGIC_NUMBER, {"x": 1}))):
+        path.write_bytes(bad)
+        assert _methods_run(tmp_path) == (used, used), bad[:20]  # compiled again, and still right
+        assert _methods_run(tmp_path) == (0, used)  # the file was replaced by a good one
+
+
+def test_no_method_cache_is_written_with_dont_write_bytecode(tmp_path: Path) -> None:
+    assert _methods_run(tmp_path, PYTHONDONTWRITEBYTECODE="1")[0] > 150
+    assert _method_cache(tmp_path) == []
 
 
 def _cached_modules(prefix: Path) -> set[str]:
@@ -117,3 +188,36 @@ def test_what_the_tasks_imported_is_frozen_out_of_the_collector() -> None:
     script = "import gc, fabfile; print(gc.get_freeze_count())"
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, check=True)
     assert int(res.stdout) > 10_000
+
+
+def test_fab_wrapper_installs_once_and_again_when_requirements_change(tmp_path: Path) -> None:
+    """./fab makes its venv on the first run, then only when requirements.txt's content changes
+    (a newer file with the same content does not reinstall). A real venv, in a copy of the checkout
+    whose launch.py only reports how it was started."""
+    checkout = tmp_path / "shipfab"
+    checkout.mkdir()
+    (checkout / "fab").write_bytes((REPO / "fab").read_bytes())
+    (checkout / "fab").chmod(0o755)
+    (checkout / "inv").symlink_to("fab")
+    (checkout / "requirements.txt").write_text("# nothing to install\n")
+    (checkout / "launch.py").write_text("import sys\nprint('launched', *sys.argv[1:3])\n")
+    python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
+    env = {**os.environ, "PYTHON": python}
+
+    def run(name: str = "fab") -> subprocess.CompletedProcess[str]:
+        res = subprocess.run([str(checkout / name), "--list"], capture_output=True, text=True, env=env,
+                             cwd=tmp_path, timeout=300)
+        assert res.returncode == 0, res.stderr
+        return res
+
+    first = run()
+    assert "first run: making" in first.stderr and first.stdout.split() == ["launched", "fab", "-r"]
+    assert (checkout / ".venv" / ".shipfab-requirements").read_text() == "# nothing to install\n"
+    assert run("inv").stdout.split()[:2] == ["launched", "inv"] and "first run" not in run().stderr
+    os.utime(checkout / "requirements.txt")  # newer, same content
+    os.utime(checkout / ".venv" / ".shipfab-requirements", (1, 1))
+    assert "first run" not in run().stderr
+    (checkout / "requirements.txt").write_text("# nothing to install, still\n")
+    assert "first run: making" in run().stderr
+    assert (checkout / ".venv" / ".shipfab-requirements").read_text() == "# nothing to install, still\n"
+    assert "first run" not in run().stderr
