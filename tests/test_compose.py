@@ -264,6 +264,7 @@ def test_health_is_the_live_color_running_current_and_answering(world_factory, d
     assert " UNHEALTHY " in row and f"{w.project}-{live} is not running (exited" in row, row
     res = w.fab("health-check")
     assert res.returncode == 1 and f"{w.project}-{live} is not running" in res.stdout + res.stderr
+    assert "[api] failed: " in res.stdout and "undo:" not in res.stdout, res.stdout  # read-only: nothing to undo
 
 
 # ---------------------------------------------------------------- canary
