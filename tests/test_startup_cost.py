@@ -191,33 +191,37 @@ def test_what_the_tasks_imported_is_frozen_out_of_the_collector() -> None:
 
 
 def test_fab_wrapper_installs_once_and_again_when_requirements_change(tmp_path: Path) -> None:
-    """./fab makes its venv on the first run, then only when requirements.txt's content changes
-    (a newer file with the same content does not reinstall). A real venv, in a copy of the checkout
-    whose launch.py only reports how it was started."""
+    """./fab makes its venv on the first run, then again only when requirements.txt's content
+    changes: a newer or older file with the same content does not reinstall (it only gives the
+    stamp its date, so the next runs start no cmp), an older file with another content (rsync -a)
+    does. A real venv, in a copy of the checkout whose launch.py only reports how it was started."""
     checkout = tmp_path / "shipfab"
     checkout.mkdir()
     (checkout / "fab").write_bytes((REPO / "fab").read_bytes())
     (checkout / "fab").chmod(0o755)
     (checkout / "inv").symlink_to("fab")
-    (checkout / "requirements.txt").write_text("# nothing to install\n")
+    req, stamp = checkout / "requirements.txt", checkout / ".venv" / ".shipfab-requirements"
+    req.write_text("# nothing to install\n")
     (checkout / "launch.py").write_text("import sys\nprint('launched', *sys.argv[1:3])\n")
     python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
-    env = {**os.environ, "PYTHON": python}
+    env = {**os.environ, "PYTHON": python, "install": "1"}  # a variable of the user's named like the script's
 
-    def run(name: str = "fab") -> subprocess.CompletedProcess[str]:
+    def installs(name: str = "fab") -> bool:
         res = subprocess.run([str(checkout / name), "--list"], capture_output=True, text=True, env=env,
                              cwd=tmp_path, timeout=300)
         assert res.returncode == 0, res.stderr
-        return res
+        assert res.stdout.split() == ["launched", name, "-r"], res.stdout
+        return "first run: making" in res.stderr
 
-    first = run()
-    assert "first run: making" in first.stderr and first.stdout.split() == ["launched", "fab", "-r"]
-    assert (checkout / ".venv" / ".shipfab-requirements").read_text() == "# nothing to install\n"
-    assert run("inv").stdout.split()[:2] == ["launched", "inv"] and "first run" not in run().stderr
-    os.utime(checkout / "requirements.txt")  # newer, same content
-    os.utime(checkout / ".venv" / ".shipfab-requirements", (1, 1))
-    assert "first run" not in run().stderr
-    (checkout / "requirements.txt").write_text("# nothing to install, still\n")
-    assert "first run: making" in run().stderr
-    assert (checkout / ".venv" / ".shipfab-requirements").read_text() == "# nothing to install, still\n"
-    assert "first run" not in run().stderr
+    assert installs()
+    assert stamp.read_text() == req.read_text() and stamp.stat().st_mtime_ns == req.stat().st_mtime_ns
+    assert not installs("inv") and not installs()
+    for when in (2_000_000_000, 1_000_000_000):  # newer, then older, same content
+        os.utime(req, (when, when))
+        assert not installs()
+        assert stamp.stat().st_mtime_ns == req.stat().st_mtime_ns  # dates in step again: no cmp next time
+    req.write_text("# nothing to install, still\n")
+    os.utime(req, (900_000_000, 900_000_000))  # another content with an older date, as rsync -a leaves it
+    assert installs()
+    assert stamp.read_text() == "# nothing to install, still\n"
+    assert not installs()
