@@ -204,7 +204,7 @@ def test_fab_wrapper_installs_once_and_again_when_requirements_change(tmp_path: 
     req.write_text("# nothing to install\n")
     (checkout / "launch.py").write_text("import sys\nprint('launched', *sys.argv[1:3])\n")
     python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
-    env = {**os.environ, "PYTHON": python, "install": "1"}  # a variable of the user's named like the script's
+    env = {**os.environ, "PYTHON": python}
 
     def installs(name: str = "fab") -> bool:
         res = subprocess.run([str(checkout / name), "--list"], capture_output=True, text=True, env=env,
