@@ -92,6 +92,7 @@ class HostRun:
     notes: list[str] = field(default_factory=list)  # what the undo left as it is, for the summary
     lock_token: str = ""  # set while this run holds the host's deploy lock
     python_version: str = ""  # sys.version of the app's python, as the pre-flight facts read it ("" unread)
+    flipped_at: tuple[int, str] = (0, "")  # blue-green: nginx's access-log size at the flip, the new address
 
     @property
     def app(self) -> App:

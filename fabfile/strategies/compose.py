@@ -24,7 +24,6 @@ from ..steps import nginx_upstream
 
 COLORS = ("blue", "green")
 HOST = "127.0.0.1"  # colors run with host networking; nginx reaches them on loopback
-_flip_offsets: dict[int, tuple[int, str]] = {}  # id(run) -> (access-log size at the flip, new address)
 
 
 def settings(run: HostRun) -> ComposeSettings:
@@ -262,7 +261,7 @@ def go_live(run: HostRun) -> str:
         flip(run, {color: 100})
         return f"{color} takes all requests (first release: no older one to weigh it against)"
     if cs.mode == "blue-green":
-        _flip_offsets[id(run)] = (error_rate.log_size(run.remote, log) if log else 0, new)
+        run.flipped_at = (error_rate.log_size(run.remote, log) if log else 0, new)
         started = time.monotonic()
         flip(run, {color: 100})
         return f"{color} takes all requests (flip {time.monotonic() - started:.2f} s)"
@@ -309,7 +308,7 @@ def watch(run: HostRun) -> str:
         return "in place: the probes decided"
     if cs.mode == "canary":
         return "the canary steps were the watch"
-    offset, new = _flip_offsets.pop(id(run), (0, ""))
+    offset, new = run.flipped_at
     if not run.state.current:
         return "first release: nothing to flip back to, no watch window"
     log = run.app.nginx.access_log if run.app.nginx else ""
