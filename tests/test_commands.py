@@ -56,9 +56,13 @@ def test_lock_commands():
     # owner.json is written under a temp name and renamed; a lock whose owner file cannot be written is removed
     assert "> '/srv/my app/.shipfab/lock/owner.json'.tmp 2>/dev/null && mv -f" in script
     assert "else rm -rf '/srv/my app/.shipfab/lock'; echo 'LOCK FAILED" in script
+    # taking and releasing each hold the flock of .shipfab/ (fd 9): a release waits for a lock script still running
+    assert "exec 9< '/srv/my app/.shipfab' && flock -w 30 9 || { echo 'LOCK FAILED" in script
+    assert script.index("flock -w 30 9") < script.index("if mkdir") < script.index("exec 9<&-")
     assert lock.release_cmd(L, "t0k") == (
+        "if [ -d '/srv/my app/.shipfab' ]; then exec 9< '/srv/my app/.shipfab' && flock -w 30 9; fi\n"
         "if [ ! -d '/srv/my app/.shipfab/lock' ]; then echo FREE; elif grep -q t0k '/srv/my app/.shipfab/lock/owner.json' "
-        "2>/dev/null; then rm -rf '/srv/my app/.shipfab/lock' && echo RELEASED; else echo NOT_OURS; fi")
+        "2>/dev/null; then rm -rf '/srv/my app/.shipfab/lock' && echo RELEASED; else echo NOT_OURS; fi\nexec 9<&-")
     assert lock.describe_holder('{"user":"ann","controller":"laptop","pid":7,"since":"S","ref":"v1"}') == (
         "ann@laptop (pid 7) since S, deploying 'v1'"
     )
@@ -76,10 +80,11 @@ def test_lock_names_a_dead_holder_on_this_controller():
 
 def test_lock_and_state_script_runs(tmp_path):
     """The real script against a real directory: taken once, then held; state sections parse."""
-    lay = Layout(str(tmp_path / "app"))
-    (tmp_path / "app" / "releases" / "R1").mkdir(parents=True)
-    (tmp_path / "app" / "releases" / ".tmp-R2").mkdir()
-    (tmp_path / "app" / "current").symlink_to("releases/R1")
+    root = tmp_path / "it's an app"  # a quote in deploy_to stays inside its quotes
+    lay = Layout(str(root))
+    (root / "releases" / "R1").mkdir(parents=True)
+    (root / "releases" / ".tmp-R2").mkdir()
+    (root / "current").symlink_to("releases/R1")
     owner = {"user": "a", "controller": "c", "pid": 1, "since": "s", "ref": "r", "token": "tk"}
     script = host_state.lock_cmd(lay, owner) + "\n" + host_state.state_cmd(lay)
     first = host_state.sections(subprocess.run(["bash", "-c", script], capture_output=True, text=True).stdout)

@@ -151,11 +151,14 @@ class Cut:
     refs: tuple[str, str] = ("v1", "v2")
     health_via_host: bool = False
     makes_release: bool = True  # False: the release id is chosen only once the lock is held
+    orphan_late: float = 0.0  # seconds the orphan stays paused after the cut (the client has reconnected by then)
 
 
 CUTS = {
     # right after `mkdir .shipfab/lock`, before owner.json and the state come back
     "lock": Cut("mkdir", r"/\.shipfab/lock$", "after", makes_release=False),
+    # the same, and the orphan writes owner.json only after the client has reconnected to check it
+    "lock_orphan_late": Cut("mkdir", r"/\.shipfab/lock$", "after", makes_release=False, orphan_late=1.5),
     "code": Cut("flock", r"tar -?x", "inside"),
     "pip": Cut("flock", r"-m venv", "inside", refs=("v2", "v3")),  # v3 changes requirements: a venv is built
     "switch": Cut("flock", r"mv -T", "inside"),
@@ -182,6 +185,7 @@ def test_link_cut_during_step(rig: Rig, step: str) -> None:
     fab = rig.start("deploy", "--ref", new_ref)
     paused = rig.pauser.wait_paused(fab)
     assert cut_link(rig.host.sshd) >= 1
+    time.sleep(cut.orphan_late)
     rig.pauser.release(paused)  # the orphan goes on: the undo must wait for it (flock busy)
     res = fab.wait()
 

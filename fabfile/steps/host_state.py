@@ -27,16 +27,30 @@ def _section(name: str) -> str:
 
 
 def lock_cmd(layout: Layout, owner: dict[str, object]) -> str:
-    """Take the lock: prints `LOCK ACQUIRED`, `LOCK HELD` + owner.json, or `LOCK FAILED why` (and exits)."""
+    """Take the lock: prints `LOCK ACQUIRED`, `LOCK HELD` + owner.json, or `LOCK FAILED why` (and exits).
+    From before the `mkdir` until owner.json is in place it holds the flock of `.shipfab/` (see
+    `meta_flock`): a check after a dropped link waits for this script, orphaned, to finish."""
     lock, owner_file = q(layout.lock), q(layout.lock + "/owner.json")
     return "\n".join([
-        f"mkdir -p {q(layout.meta)} || {{ echo 'LOCK FAILED cannot create {layout.meta}'; exit 0; }}",
+        f"mkdir -p {q(layout.meta)} || {{ echo {q('LOCK FAILED cannot create ' + layout.meta)}; exit 0; }}",
+        f"{meta_flock(layout)} || {{ echo {q(f'LOCK FAILED {layout.meta} stayed busy for {META_WAIT} s')}; exit 0; }}",
         f"if mkdir {lock} 2>/dev/null; then",
         f"  if printf '%s\\n' {q(json.dumps(owner, sort_keys=True))} > {owner_file}.tmp 2>/dev/null"
         f" && mv -f {owner_file}.tmp {owner_file}; then echo 'LOCK ACQUIRED'",
         f"  else rm -rf {lock}; echo 'LOCK FAILED cannot write the lock owner file (disk full?)'; exit 0; fi",
         f"else echo 'LOCK HELD'; tr -d '\\n' < {owner_file} 2>/dev/null; echo; exit 0; fi",
+        "exec 9<&-",  # the flock ends here: the state is read without it
     ])
+
+
+META_WAIT = 30  # seconds a lock script waits for another one taking or releasing the lock
+
+
+def meta_flock(layout: Layout) -> str:
+    """Hold the flock of the `.shipfab/` directory on fd 9 until the script ends or closes fd 9.
+    Taking the lock (mkdir + owner.json) and a release (token check + removal) each hold it, so
+    neither ever sees the other half done; an orphan of a dropped link holds it until it ends."""
+    return f"exec 9< {q(layout.meta)} && flock -w {META_WAIT} 9"
 
 
 def state_cmd(layout: Layout, facts: str = "") -> str:

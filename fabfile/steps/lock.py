@@ -19,7 +19,7 @@ from ..errors import LockHeld, StepFailed
 from ..layout import Layout
 from ..release import who
 from ..remote import Remote
-from .host_state import lock_cmd, parse_state, sections, state_cmd
+from .host_state import lock_cmd, meta_flock, parse_state, sections, state_cmd
 
 q = shlex.quote
 
@@ -37,12 +37,14 @@ def owner_record(ref: str, now: float | None = None) -> dict[str, object]:
 
 
 def release_cmd(layout: Layout, token: str = "") -> str:
-    """Remove the lock; with `token`, only when owner.json still carries it (prints RELEASED / NOT_OURS / FREE)."""
+    """Remove the lock; with `token`, only when owner.json still carries it (prints RELEASED / NOT_OURS / FREE),
+    checked and removed under the flock of `.shipfab/`: a lock script orphaned by a dropped link ends first."""
     lock = q(layout.lock)
     if not token:
         return f"if [ -d {lock} ]; then rm -rf {lock} && echo RELEASED; else echo FREE; fi"
-    return (f"if [ ! -d {lock} ]; then echo FREE; elif grep -q {q(token)} {q(layout.lock + '/owner.json')} 2>/dev/null; "
-            f"then rm -rf {lock} && echo RELEASED; else echo NOT_OURS; fi")
+    return (f"if [ -d {q(layout.meta)} ]; then {meta_flock(layout)}; fi\n"
+            f"if [ ! -d {lock} ]; then echo FREE; elif grep -q {q(token)} {q(layout.lock + '/owner.json')} 2>/dev/null; "
+            f"then rm -rf {lock} && echo RELEASED; else echo NOT_OURS; fi\nexec 9<&-")
 
 
 def pid_note(owner: dict[str, object], this_controller: str | None = None) -> str:
