@@ -44,6 +44,8 @@ from .services import DEFAULT_SESSION_ENV, SSHD, Sshd, descendants, set_session_
 
 PAUSE_LIMIT = 120  # seconds a paused command waits for its "go" before going on alone
 SHIMMED = ("flock", "mkdir", "rm", "rmdir", "curl")
+BUSY = r"/\.shipfab/busy "  # flock's arguments for a changing command (under the busy flock, once the lock is held)
+TAKING_THE_LOCK = r"^-w [0-9]+ 9$"  # flock's arguments in the lock command, before its mkdir (the .shipfab/ flock)
 RELEASE_ID = re.compile(r"\b\d{8}T\d{6}Z\b")
 TRACEBACK = "Traceback (most recent call last)"
 

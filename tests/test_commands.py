@@ -57,7 +57,7 @@ def test_lock_commands():
     assert "> '/srv/my app/.shipfab/lock/owner.json'.tmp 2>/dev/null && mv -f" in script
     assert "else rm -rf '/srv/my app/.shipfab/lock'; echo 'LOCK FAILED" in script
     # taking and releasing each hold the flock of .shipfab/ (fd 9): a release waits for a lock script still running
-    assert "exec 9< '/srv/my app/.shipfab' && flock -w 30 9 || { echo 'LOCK FAILED" in script
+    assert "exec 9< '/srv/my app/.shipfab' && flock -w 30 9 || { echo 'LOCK BUSY'; exit 0; }" in script
     assert script.index("flock -w 30 9") < script.index("if mkdir") < script.index("exec 9<&-")
     assert lock.release_cmd(L, "t0k") == (
         "if [ -d '/srv/my app/.shipfab' ]; then exec 9< '/srv/my app/.shipfab' && flock -w 30 9; fi\n"
@@ -95,6 +95,30 @@ def test_lock_and_state_script_runs(tmp_path):
     assert second.startswith("LOCK HELD") and '"token": "tk"' in second
     assert subprocess.run(["bash", "-c", lock.release_cmd(lay, "other")], capture_output=True, text=True).stdout == "NOT_OURS\n"
     assert subprocess.run(["bash", "-c", lock.release_cmd(lay, "tk")], capture_output=True, text=True).stdout == "RELEASED\n"
+
+
+def test_a_release_waits_for_a_lock_command_still_running_and_a_busy_lock_is_reported(tmp_path, monkeypatch):
+    """The flock of .shipfab/: a release checks the token only once a lock command holding it
+    (an orphan of a cut link, writing owner.json late) has ended; a lock command that cannot get
+    it in time says LOCK BUSY and takes nothing."""
+    lay = Layout(str(tmp_path / "app"))
+    (tmp_path / "app" / ".shipfab").mkdir(parents=True)
+    late_orphan = (f"sleep 1; mkdir {shlex.quote(lay.lock)} && printf '%s' '{{\"token\": \"tk\"}}' > "
+                   f"{shlex.quote(lay.lock + '/owner.json')}")
+    holder = subprocess.Popen(["flock", lay.meta, "sh", "-c", late_orphan])
+    while subprocess.run(["flock", "-n", lay.meta, "true"]).returncode == 0:  # until the orphan holds the flock
+        assert holder.poll() is None
+    assert subprocess.run(["bash", "-c", lock.release_cmd(lay, "tk")], capture_output=True, text=True).stdout == "RELEASED\n"
+    assert holder.wait(10) == 0 and not (tmp_path / "app" / ".shipfab" / "lock").exists()
+
+    monkeypatch.setattr(host_state, "META_WAIT", 1)
+    owner = {"user": "a", "controller": "c", "pid": 1, "since": "s", "ref": "r", "token": "t2"}
+    with subprocess.Popen(["flock", lay.meta, "sleep", "5"]) as busy:
+        while subprocess.run(["flock", "-n", lay.meta, "true"]).returncode == 0:
+            assert busy.poll() is None
+        out = subprocess.run(["bash", "-c", host_state.lock_cmd(lay, owner)], capture_output=True, text=True).stdout
+        busy.kill()
+    assert out == "LOCK BUSY\n" and not (tmp_path / "app" / ".shipfab" / "lock").exists()
 
 
 def test_deploy_code_builds_in_a_temp_dir_and_renames():

@@ -20,6 +20,8 @@ import pytest
 
 from .conftest import Host, World, git
 from .faults import (
+    BUSY,
+    TAKING_THE_LOCK,
     FabProcess,
     Pauser,
     Truth,
@@ -226,7 +228,7 @@ def test_second_ctrl_c_during_the_undo_does_not_abandon_it(rig: Rig, at: str) ->
     rig.pauser.arm(*AT[at])
     fab = rig.start("deploy", "--ref", "v3")
     first = rig.pauser.wait_paused(fab)
-    rig.pauser.arm("flock", r".")  # after the Ctrl-C, the next host change is the undo's
+    rig.pauser.arm("flock", BUSY)  # after the Ctrl-C, the next host change is the undo's
     fab.signal(signal.SIGINT)
     rig.pauser.release(first)
     undoing = rig.pauser.wait_paused(fab)
@@ -336,7 +338,7 @@ def test_health_url_that_hangs_fails_within_the_timeout(rig: Rig) -> None:
 
 def test_second_deploy_while_the_first_holds_the_lock_exits_3(rig: Rig) -> None:
     before = rig.baseline("v1")
-    rig.pauser.arm("flock", r".")  # the first deploy's first change: it holds the deploy lock
+    rig.pauser.arm("flock", BUSY)  # the first deploy's first change: it holds the deploy lock
     first = rig.start("deploy", "--ref", "v2")
     paused = rig.pauser.wait_paused(first)
     second = rig.fab("deploy", "--ref", "v2")
@@ -355,7 +357,7 @@ def test_deploy_racing_a_rollback_the_later_exits_3(rig: Rig, first: str) -> Non
     before = rig.baseline("v1", "v2")
     v1_release = sorted(before.releases)[0]
     if first == "deploy":
-        rig.pauser.arm("flock", r".")
+        rig.pauser.arm("flock", BUSY)
         runner = rig.start("deploy", "--ref", "v3")
         later = ("rollback",)
     else:
@@ -400,7 +402,7 @@ def test_state_is_read_under_the_lock_not_before(rig: Rig) -> None:
     once it gets the lock it sees the other's release as current, never reuses its id, and
     reverts nothing."""
     rig.baseline("v1")
-    rig.pauser.arm("mkdir", r"/\.shipfab/lock$", "before")
+    rig.pauser.arm("flock", TAKING_THE_LOCK, "before")
     late = rig.start("deploy", "--ref", "v3")
     paused = rig.pauser.wait_paused(late)
     rig.ok("deploy", "--ref", "v2")

@@ -27,13 +27,13 @@ def _section(name: str) -> str:
 
 
 def lock_cmd(layout: Layout, owner: dict[str, object]) -> str:
-    """Take the lock: prints `LOCK ACQUIRED`, `LOCK HELD` + owner.json, or `LOCK FAILED why` (and exits).
+    """Take the lock: prints `LOCK ACQUIRED`, `LOCK HELD` + owner.json, `LOCK BUSY` or `LOCK FAILED why` (and exits).
     From before the `mkdir` until owner.json is in place it holds the flock of `.shipfab/` (see
     `meta_flock`): a check after a dropped link waits for this script, orphaned, to finish."""
     lock, owner_file = q(layout.lock), q(layout.lock + "/owner.json")
     return "\n".join([
         f"mkdir -p {q(layout.meta)} || {{ echo {q('LOCK FAILED cannot create ' + layout.meta)}; exit 0; }}",
-        f"{meta_flock(layout)} || {{ echo {q(f'LOCK FAILED {layout.meta} stayed busy for {META_WAIT} s')}; exit 0; }}",
+        f"{meta_flock(layout)} || {{ echo 'LOCK BUSY'; exit 0; }}",
         f"if mkdir {lock} 2>/dev/null; then",
         f"  if printf '%s\\n' {q(json.dumps(owner, sort_keys=True))} > {owner_file}.tmp 2>/dev/null"
         f" && mv -f {owner_file}.tmp {owner_file}; then echo 'LOCK ACQUIRED'",

@@ -19,7 +19,7 @@ from ..errors import LockHeld, StepFailed
 from ..layout import Layout
 from ..release import who
 from ..remote import Remote
-from .host_state import lock_cmd, meta_flock, parse_state, sections, state_cmd
+from .host_state import META_WAIT, lock_cmd, meta_flock, parse_state, sections, state_cmd
 
 q = shlex.quote
 
@@ -87,6 +87,9 @@ def acquire_and_read(remote: Remote, layout: Layout, owner: dict[str, object], f
     status = parts.get("head", "").strip()
     if status.startswith("LOCK HELD"):
         raise LockHeld(held_message(remote.host, describe_holder(status[len("LOCK HELD"):].strip())))
+    if status.startswith("LOCK BUSY"):
+        raise LockHeld(f"{remote.host}: another run was taking or releasing the deploy lock for {META_WAIT} s "
+                       f"({layout.meta} stayed flock'ed); try again")
     if not status.startswith("LOCK ACQUIRED"):
         raise StepFailed(f"{remote.host}: could not take the deploy lock: {status.removeprefix('LOCK FAILED ') or 'no answer'}")
     state = parse_state(parts, f"{remote.host}:{layout.shared}/.env")
