@@ -141,10 +141,14 @@ def run_steps(run: HostRun, steps: tuple[Step, ...] | list[Step], stop: Stop | N
 
 
 def undo(run: HostRun, cause: str) -> None:
-    """Run the registered undos in reverse on a fresh connection; mark the outcome."""
+    """Run the registered undos in reverse on a fresh connection; mark the outcome. With none
+    registered nothing was changed: the outcome is `failed`, the cause alone, and no reconnect."""
     with signals.shielded("undoing the failed change"):
-        # a read-only command (db-check, health-check) or a step that failed before its first change
-        run.printer.line(f"{'undo' if run.undos else 'failed'}: {cause}", run.host, level=0)
+        if not run.undos:  # a read-only command (db-check, health-check) or a step that failed before its first change
+            run.printer.line(f"failed: {cause}", run.host, level=0)
+            run.fail("failed", errors.FAILED_ROLLED_BACK, cause)
+            return
+        run.printer.line(f"undo: {cause}", run.host, level=0)
         if run.options.dry_run:
             run.fail("failed", errors.FAILED_ROLLED_BACK, f"dry run stopped: {cause}")
             return

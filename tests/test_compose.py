@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -182,6 +184,56 @@ def test_in_place_deploy_then_rollback_uses_the_old_images(world_factory, docker
     assert res.returncode == 1, res.stdout + res.stderr
     assert w.version(port) == "v1"
     assert w.current() == first
+
+
+def _frontend() -> ThreadingHTTPServer:
+    """A second thing the app's health depends on (a frontend, say): a real HTTP server answering 200."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            self.send_response(200)
+            self.send_header("Content-Length", "3")
+            self.end_headers()
+            self.wfile.write(b"ok\n")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_in_place_health_is_the_app_project_running_current_and_every_url_answering(world_factory):
+    """In place, `inv health` and `fab health-check` judge the app's own project: running `current` and
+    every health URL answering. A URL that stops answering while the project runs is UNHEALTHY, named."""
+    frontend = _frontend()
+    url = f"http://127.0.0.1:{frontend.server_port}/"
+    try:
+        w = world_factory("in-place", health=["http://127.0.0.1:{port}/health", url])
+        ok(w.fab("deploy"))
+        current, port = w.current(), w.ports["blue"]
+        inv = compose_inv_health(w)
+        assert inv.returncode == 0, inv.stdout + inv.stderr
+        row = next(line for line in inv.stdout.splitlines() if line.startswith("api "))
+        assert " healthy " in row and f"{w.project} on 127.0.0.1:{port} runs {current}: 2 URL(s) ok" in row, row
+        assert f"healthy: {w.project} on 127.0.0.1:{port} runs {current}: 2 URL(s) ok" in ok(w.fab("health-check"))
+    finally:
+        frontend.shutdown()
+        frontend.server_close()
+
+    assert w.version(port) == "v1"  # the project itself still serves
+    inv = compose_inv_health(w)
+    assert inv.returncode == 1, inv.stdout + inv.stderr
+    row = next(line for line in inv.stdout.splitlines() if line.startswith("api "))
+    assert " UNHEALTHY " in row and f"{w.project} on 127.0.0.1:{port}: {url}: " in row, row
+    res = w.fab("health-check")
+    out = res.stdout + res.stderr
+    assert res.returncode == 1 and f"[api] failed: {w.project} on 127.0.0.1:{port}: {url}: " in out, out
+    assert "undo:" not in out and "Traceback" not in out, out
+    assert re.search(r"^api +- +failed +" + re.escape(w.project), res.stdout, re.M), out  # not "rolled_back"
+    assert "nothing went live" not in out, out  # nothing was going live: a read-only check failed
+    assert [e["status"] for e in w.log()] == ["success"]  # read-only: nothing logged, nothing changed
 
 
 # ---------------------------------------------------------------- blue-green
