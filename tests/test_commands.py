@@ -106,19 +106,23 @@ def test_a_release_waits_for_a_lock_command_still_running_and_a_busy_lock_is_rep
     late_orphan = (f"sleep 1; mkdir {shlex.quote(lay.lock)} && printf '%s' '{{\"token\": \"tk\"}}' > "
                    f"{shlex.quote(lay.lock + '/owner.json')}")
     holder = subprocess.Popen(["flock", lay.meta, "sh", "-c", late_orphan])
-    while subprocess.run(["flock", "-n", lay.meta, "true"]).returncode == 0:  # until the orphan holds the flock
-        assert holder.poll() is None
+    _until_flocked_by(holder, lay.meta)
     assert subprocess.run(["bash", "-c", lock.release_cmd(lay, "tk")], capture_output=True, text=True).stdout == "RELEASED\n"
     assert holder.wait(10) == 0 and not (tmp_path / "app" / ".shipfab" / "lock").exists()
 
     monkeypatch.setattr(host_state, "META_WAIT", 1)
     owner = {"user": "a", "controller": "c", "pid": 1, "since": "s", "ref": "r", "token": "t2"}
     with subprocess.Popen(["flock", lay.meta, "sleep", "5"]) as busy:
-        while subprocess.run(["flock", "-n", lay.meta, "true"]).returncode == 0:
-            assert busy.poll() is None
+        _until_flocked_by(busy, lay.meta)
         out = subprocess.run(["bash", "-c", host_state.lock_cmd(lay, owner)], capture_output=True, text=True).stdout
         busy.kill()
     assert out == "LOCK BUSY\n" and not (tmp_path / "app" / ".shipfab" / "lock").exists()
+
+
+def _until_flocked_by(holder: subprocess.Popen, path: str) -> None:
+    """Wait until `holder` (a `flock path ...` just started) holds the flock of `path`."""
+    while subprocess.run(["flock", "-n", path, "true"]).returncode == 0:
+        assert holder.poll() is None
 
 
 def test_deploy_code_builds_in_a_temp_dir_and_renames():

@@ -7,9 +7,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -22,7 +20,7 @@ from fabfile.strategies.compose import color_in, gate_problems
 
 from .conftest import inv_health
 from .docker_rig import ComposeWorld, docker_rig, example_repo, make_world  # noqa: F401  (docker_rig: fixture)
-from .services import DEFAULT_SESSION_ENV, LoadGenerator
+from .services import DEFAULT_SESSION_ENV, LoadGenerator, http_backend
 
 # ---------------------------------------------------------------- pure parts
 
@@ -186,29 +184,11 @@ def test_in_place_deploy_then_rollback_uses_the_old_images(world_factory, docker
     assert w.current() == first
 
 
-def _frontend() -> ThreadingHTTPServer:
-    """A second thing the app's health depends on (a frontend, say): a real HTTP server answering 200."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-            self.send_response(200)
-            self.send_header("Content-Length", "3")
-            self.end_headers()
-            self.wfile.write(b"ok\n")
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
 def test_in_place_health_is_the_app_project_running_current_and_every_url_answering(world_factory):
     """In place, `inv health` and `fab health-check` judge the app's own project: running `current` and
     every health URL answering. A URL that stops answering while the project runs is UNHEALTHY, named."""
-    frontend = _frontend()
-    url = f"http://127.0.0.1:{frontend.server_port}/"
+    frontend, frontend_addr = http_backend("ok")  # a second thing the app's health depends on (a frontend, say)
+    url = f"http://{frontend_addr}/"
     try:
         w = world_factory("in-place", health=["http://127.0.0.1:{port}/health", url])
         ok(w.fab("deploy"))

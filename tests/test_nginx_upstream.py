@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import subprocess
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from threading import Thread
 
 import pytest
 
 from fabfile.inventory import NginxSettings
 from fabfile.steps import nginx_upstream
 
-from .services import Nginx, free_port
+from .services import Nginx, http_backend
 
 
 def test_render_weights_and_drained_servers():
@@ -37,28 +35,13 @@ def test_previous_text_is_exactly_the_old_file():
     assert nginx_upstream.previous_text(f"{nginx_upstream.PREVIOUS_MARK}\n\n{nginx_upstream.END_MARK}\n") == ""
 
 
-def _backend(name: str) -> tuple[ThreadingHTTPServer, str]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(name.encode())
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-    Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"127.0.0.1:{server.server_address[1]}"
-
-
 def _publish(settings: NginxSettings, text: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["bash", "-c", nginx_upstream.publish_cmd(settings)], input=text, capture_output=True,
                           text=True)
 
 
 def test_publish_switches_a_real_nginx_and_a_refused_file_is_put_back(tmp_path):
-    (blue, blue_addr), (green, green_addr) = _backend("blue"), _backend("green")
+    (blue, blue_addr), (green, green_addr) = http_backend("blue"), http_backend("green")
     nginx = Nginx.start(tmp_path / "nginx", blue_addr, upstream_file=tmp_path / "upstream.conf")
     try:
         settings = NginxSettings(**nginx.settings())
