@@ -272,6 +272,51 @@ def test_sigkill_leaves_a_named_stale_lock_and_a_release_never_used(rig: Rig, at
     assert_serves(rig.host, before.current, "v2")
 
 
+LOCK_HALF_TAKEN = ("mkdir", r"/\.shipfab/lock$", "after")  # the lock command: lock made, owner.json not yet written
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_signal_while_taking_the_lock_leaves_it_free(rig: Rig, sig: signal.Signals) -> None:
+    """The CLI is told to stop while its lock command is half way (holding the .shipfab/ flock):
+    its release waits for that command, finds its own token, and removes the lock. Nothing changed."""
+    before = rig.baseline("v2")
+    rig.pauser.arm(*LOCK_HALF_TAKEN)
+    fab = rig.start("deploy", "--ref", "v3")
+    paused = rig.pauser.wait_paused(fab)
+    fab.signal(sig)
+    time.sleep(1.0)  # the release is waiting on the flock by now
+    rig.pauser.release(paused)
+    res = fab.wait()
+
+    assert res.returncode == 1, res.stdout
+    assert "nothing changed" in res.stdout, res.stdout
+    assert_outcome(rig.host, res, before, old="v2", new="v3", names_release=False)
+    rig.rerun("v3", "v3")
+
+
+def test_sigkill_while_taking_the_lock_leaves_a_named_stale_lock(rig: Rig) -> None:
+    """The CLI killed while its lock command is half way: the command, orphaned, finishes the lock;
+    the next deploy names the dead holder and changes nothing; after `unlock` a deploy works."""
+    before = rig.baseline("v2")
+    rig.pauser.arm(*LOCK_HALF_TAKEN)
+    fab = rig.start("deploy", "--ref", "v3")
+    paused = rig.pauser.wait_paused(fab)
+    fab.signal(signal.SIGKILL)
+    assert fab.wait().returncode == -signal.SIGKILL
+    rig.pauser.release(paused)
+    meta = rig.host.deploy_to / ".shipfab"
+    assert subprocess.run(["flock", "-w", "30", str(meta), "true"]).returncode == 0  # the orphan has ended
+    owner = read_truth(rig.host).lock
+    assert owner is not None and owner.get("pid") == fab.pid, owner
+
+    res = rig.fab("deploy", "--ref", "v3")
+    assert res.returncode == 3, res.stdout
+    assert str(fab.pid) in res.stdout and "not running" in res.stdout, res.stdout
+    assert_outcome(rig.host, res, before, old="v2", new="v3", names_release=False)
+    rig.ok("unlock")
+    rig.rerun("v3", "v3")
+
+
 # ------------------------------------------------------------------ the host itself misbehaves
 
 
